@@ -1,0 +1,1 @@
+//! Cross-crate integration and invariant tests live in `tests/`.
