@@ -1,0 +1,37 @@
+//! Error types shared by the whole crate.
+
+use std::fmt;
+
+/// A boxed error, as stages, sinks and sources report them across type erasure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Renders an error and its `source()` chain as `outer: inner: root`.
+///
+/// # Examples
+///
+/// ```
+/// let err = std::io::Error::other("disk full");
+/// assert_eq!(pipeline_core::error::chain(&err), "disk full");
+/// ```
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// A `String` message usable as an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message(pub String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}

@@ -1,0 +1,146 @@
+//! The [`Stage`] trait: one async step of a pipeline.
+
+use std::future::Future;
+
+use crate::context::Context;
+use crate::options::StageOptions;
+
+/// One async processing step: takes an `In`, yields zero, one or many outputs, or fails.
+///
+/// A stage is called once per attempt of each item; the framework owns the item between
+/// calls. What a successful call yields is described by [`Stage::Shape`]:
+///
+/// | `Shape` | `Output` | items emitted |
+/// |---|---|---|
+/// | [`Map`] | `T` | exactly one `T` |
+/// | [`Filter`] | `Option<T>` | the `T`, or none (the item is *filtered*) |
+/// | [`FlatMap`] | `I: IntoIterator<Item = T>` | every `T`, pulled as the downstream edge has room |
+///
+/// # Examples
+///
+/// ```
+/// use std::convert::Infallible;
+/// use pipeline_core::prelude::*;
+///
+/// struct Double;
+///
+/// impl Stage for Double {
+///     type In = u64;
+///     type Output = u64;
+///     type Shape = Map;
+///     type Error = Infallible;
+///
+///     async fn call(&self, item: u64, _cx: &Context) -> Result<u64, Infallible> {
+///         Ok(item * 2)
+///     }
+/// }
+/// # let _ = Double;
+/// ```
+///
+/// # Cancel safety
+///
+/// The future returned by [`call`](Stage::call) is dropped, unfinished, when its attempt
+/// times out or when a pipeline is shut down past its deadline. Write stages so that a
+/// dropped call leaves no half-done state behind (or make the effect idempotent).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a pipeline stage",
+    label = "this type does not implement `Stage`",
+    note = "annotate an `async fn` with `#[stage]`, use `stage::from_fn`, or implement `Stage` by hand"
+)]
+pub trait Stage: Send + Sync + 'static {
+    /// The item this stage consumes.
+    type In: Send + 'static;
+    /// What one successful call returns; see [`Stage::Shape`].
+    type Output: Send + 'static;
+    /// How `Output` becomes items: [`Map`], [`Filter`] or [`FlatMap`].
+    type Shape: Shape<Self::Output>;
+    /// The error of a failed attempt.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Process one item (one attempt).
+    fn call(
+        &self,
+        item: Self::In,
+        cx: &Context,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
+
+    /// Whether `error` must not be retried. Permanent errors skip the remaining attempts
+    /// and do not count as circuit-breaker failures. Default: every error is retryable.
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
+    /// Called by the supervisor after a call panicked, before the stage is used again:
+    /// rebuild per-stage mutable state here. Shared state given at construction survives.
+    fn restart(&self) {}
+
+    /// Options this stage declares for itself (the `#[stage]` macro fills them in).
+    /// Builder settings override them.
+    fn options(&self) -> StageOptions {
+        StageOptions::default()
+    }
+}
+
+/// The item type a stage emits downstream.
+pub type Emitted<S> = <<S as Stage>::Shape as Shape<<S as Stage>::Output>>::Item;
+
+/// How a stage's `Output` turns into emitted items. Implemented by [`Map`], [`Filter`] and
+/// [`FlatMap`]; sealed.
+pub trait Shape<O>: sealed::Sealed + Send + Sync + 'static {
+    /// The emitted item type.
+    type Item: Send + 'static;
+    /// The iterator over emitted items.
+    type Iter: Iterator<Item = Self::Item> + Send;
+    /// Turns one output into its items.
+    fn items(output: O) -> Self::Iter;
+}
+
+/// Shape of a stage that emits exactly one item per call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Map;
+/// Shape of a stage returning `Option<T>`: `None` filters the item out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter;
+/// Shape of a stage returning any `IntoIterator`: each element is emitted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlatMap;
+
+impl<T: Send + 'static> Shape<T> for Map {
+    type Item = T;
+    type Iter = std::iter::Once<T>;
+    #[inline]
+    fn items(output: T) -> Self::Iter {
+        std::iter::once(output)
+    }
+}
+
+impl<T: Send + 'static> Shape<Option<T>> for Filter {
+    type Item = T;
+    type Iter = std::option::IntoIter<T>;
+    #[inline]
+    fn items(output: Option<T>) -> Self::Iter {
+        output.into_iter()
+    }
+}
+
+impl<I> Shape<I> for FlatMap
+where
+    I: IntoIterator + Send + 'static,
+    I::Item: Send + 'static,
+    I::IntoIter: Send,
+{
+    type Item = I::Item;
+    type Iter = I::IntoIter;
+    #[inline]
+    fn items(output: I) -> Self::Iter {
+        output.into_iter()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Map {}
+    impl Sealed for super::Filter {}
+    impl Sealed for super::FlatMap {}
+}
