@@ -144,3 +144,104 @@ mod sealed {
     impl Sealed for super::Filter {}
     impl Sealed for super::FlatMap {}
 }
+
+/// A stage from an async closure returning `Result<T, E>`: one output per item ([`Map`]).
+///
+/// ```
+/// use std::convert::Infallible;
+/// let parse = pipeline_core::stage::map_fn("parse", |line: String| async move {
+///     Ok::<_, std::num::ParseIntError>(line.trim().parse::<u64>()?)
+/// });
+/// # let _ = parse;
+/// ```
+pub fn map_fn<F, I, O, E, Fut>(name: &'static str, f: F) -> FnStage<F, Map, I>
+where
+    F: Fn(I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, E>> + Send,
+{
+    FnStage::new(name, f)
+}
+
+/// A stage from an async closure returning `Result<Option<T>, E>`: `None` filters ([`Filter`]).
+///
+/// ```
+/// let evens = pipeline_core::stage::filter_fn("evens", |n: u64| async move {
+///     Ok::<_, std::convert::Infallible>((n % 2 == 0).then_some(n))
+/// });
+/// # let _ = evens;
+/// ```
+pub fn filter_fn<F, I, O, E, Fut>(name: &'static str, f: F) -> FnStage<F, Filter, I>
+where
+    F: Fn(I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<O>, E>> + Send,
+{
+    FnStage::new(name, f)
+}
+
+/// A stage from an async closure returning `Result<impl IntoIterator, E>`: each element is
+/// emitted ([`FlatMap`]).
+///
+/// ```
+/// let words = pipeline_core::stage::flat_map_fn("words", |line: String| async move {
+///     Ok::<_, std::convert::Infallible>(
+///         line.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
+///     )
+/// });
+/// # let _ = words;
+/// ```
+pub fn flat_map_fn<F, I, O, E, Fut>(name: &'static str, f: F) -> FnStage<F, FlatMap, I>
+where
+    F: Fn(I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, E>> + Send,
+{
+    FnStage::new(name, f)
+}
+
+/// A stage made from a closure; see [`map_fn`], [`filter_fn`] and [`flat_map_fn`].
+pub struct FnStage<F, K, I> {
+    name: &'static str,
+    f: F,
+    _shape: std::marker::PhantomData<fn(I) -> K>,
+}
+
+impl<F, K, I> FnStage<F, K, I> {
+    fn new(name: &'static str, f: F) -> Self {
+        FnStage {
+            name,
+            f,
+            _shape: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<F, K, I> std::fmt::Debug for FnStage<F, K, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnStage").field("name", &self.name).finish()
+    }
+}
+
+impl<F, K, I, O, E, Fut> Stage for FnStage<F, K, I>
+where
+    F: Fn(I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, E>> + Send,
+    K: Shape<O>,
+    I: Send + 'static,
+    O: Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    type In = I;
+    type Output = O;
+    type Shape = K;
+    type Error = E;
+
+    fn call(&self, item: I, _cx: &Context) -> impl Future<Output = Result<O, E>> + Send {
+        (self.f)(item)
+    }
+
+    fn options(&self) -> StageOptions {
+        StageOptions {
+            name: Some(self.name.into()),
+            ..StageOptions::default()
+        }
+    }
+}

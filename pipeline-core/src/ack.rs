@@ -1,0 +1,286 @@
+//! Delivery tracking: the [`Outcome`] of every item and the per-source-batch records that
+//! tell a source when all of an item's descendants are finished.
+//!
+//! One [`Origin`] record is shared by every item of one source batch (never one
+//! allocation per item, which costs 25x, see BENCHMARKS.md). It holds a count of unfinished
+//! items — flat-map children and fan-out copies add to it — and the worst status seen per
+//! source item. When the count reaches zero the record is final: the pipeline's
+//! [`Ledger`] counts each source item once, and the source's [`Ack`] runs with the statuses.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The final status of an item, from best to worst. A parent item takes the worst
+/// status of its descendants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[repr(u8)]
+pub enum Outcome {
+    /// A sink confirmed the write.
+    Delivered = 0,
+    /// A stage filtered it out (or a flat-map produced no children).
+    Filtered = 1,
+    /// Dropped by an overflow policy or by `on_error = drop`.
+    Dropped = 2,
+    /// The dead-letter sink confirmed the write of its record.
+    DeadLettered = 3,
+    /// `on_error = fail`, or the dead-letter write itself failed.
+    Failed = 4,
+    /// Still in flight when a shutdown's deadline passed.
+    Abandoned = 5,
+}
+
+impl Outcome {
+    /// Every outcome, best first.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Delivered,
+        Outcome::Filtered,
+        Outcome::Dropped,
+        Outcome::DeadLettered,
+        Outcome::Failed,
+        Outcome::Abandoned,
+    ];
+
+    /// Whether a source should acknowledge the item positively (`DeadLettered` or better):
+    /// a broker then forgets it; otherwise it redelivers.
+    ///
+    /// ```
+    /// use pipeline_core::Outcome;
+    /// assert!(Outcome::DeadLettered.is_ack());
+    /// assert!(!Outcome::Abandoned.is_ack());
+    /// ```
+    pub fn is_ack(self) -> bool {
+        self <= Outcome::DeadLettered
+    }
+
+    /// The snake-case name used in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Filtered => "filtered",
+            Outcome::Dropped => "dropped",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Failed => "failed",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+
+    fn from_u8(v: u8) -> Outcome {
+        Outcome::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(Outcome::Abandoned)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A source's acknowledgement callback: runs once, after every descendant of every item
+/// of the batch reached its final outcome, with one [`Outcome`] per item in emission order.
+///
+/// # Examples
+///
+/// ```
+/// use pipeline_core::ack::Ack;
+/// use pipeline_core::Outcome;
+///
+/// let ack = Ack::new(|outcomes: &[Outcome]| {
+///     for (i, o) in outcomes.iter().enumerate() {
+///         if o.is_ack() { /* XACK id i */ } else { /* leave pending: redelivered */ }
+///         let _ = i;
+///     }
+/// });
+/// # drop(ack);
+/// ```
+pub struct Ack(Box<dyn FnOnce(&[Outcome]) + Send>);
+
+impl Ack {
+    /// Wraps a callback.
+    pub fn new(f: impl FnOnce(&[Outcome]) + Send + 'static) -> Self {
+        Ack(Box::new(f))
+    }
+}
+
+impl fmt::Debug for Ack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ack(..)")
+    }
+}
+
+/// Pipeline-wide conservation counters, in source items.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    pub(crate) emitted: AtomicU64,
+    pub(crate) outcomes: [AtomicU64; 6],
+}
+
+impl Ledger {
+    pub(crate) fn counts(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.outcomes[i].load(Ordering::Acquire))
+    }
+}
+
+enum Parent {
+    /// A source batch: count into the ledger and run the source's ack.
+    Root {
+        ledger: Arc<Ledger>,
+        ack: Mutex<Option<Ack>>,
+    },
+    /// An item built from other items (a `batch(n)` output): every origin takes its
+    /// status.
+    Derived { links: Vec<(Arc<Origin>, u32)> },
+}
+
+/// The shared record of one source batch (or of one derived item).
+pub(crate) struct Origin {
+    pending: AtomicUsize,
+    status: Box<[AtomicU8]>,
+    parent: Parent,
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin")
+            .field("items", &self.status.len())
+            .field("pending", &self.pending.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Origin {
+    /// A record for `len` source items, counted as emitted.
+    pub(crate) fn root(len: usize, ledger: &Arc<Ledger>, ack: Option<Ack>) -> Arc<Origin> {
+        ledger.emitted.fetch_add(len as u64, Ordering::AcqRel);
+        let origin = Arc::new(Origin {
+            pending: AtomicUsize::new(len),
+            status: (0..len).map(|_| AtomicU8::new(0)).collect(),
+            parent: Parent::Root {
+                ledger: Arc::clone(ledger),
+                ack: Mutex::new(ack),
+            },
+        });
+        if len == 0 {
+            origin.complete();
+        }
+        origin
+    }
+
+    /// A record for one item made of `links` (each an origin and an index in it). The
+    /// links stay unfinished until this record is.
+    pub(crate) fn derived(links: Vec<(Arc<Origin>, u32)>) -> Arc<Origin> {
+        Arc::new(Origin {
+            pending: AtomicUsize::new(1),
+            status: Box::new([AtomicU8::new(0)]),
+            parent: Parent::Derived { links },
+        })
+    }
+
+    /// One more unfinished descendant of item `idx` (a flat-map child or a fan-out copy).
+    #[inline]
+    pub(crate) fn add_pending(&self, n: usize) {
+        self.pending.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Item `idx` (or one of its descendants) ended with `outcome`.
+    #[inline]
+    pub(crate) fn finish(&self, idx: u32, outcome: Outcome) {
+        self.mark(idx, outcome);
+        self.release(1);
+    }
+
+    /// Records `outcome` for item `idx` without releasing it.
+    #[inline]
+    pub(crate) fn mark(&self, idx: u32, outcome: Outcome) {
+        if outcome != Outcome::Delivered
+            && let Some(s) = self.status.get(idx as usize)
+        {
+            s.fetch_max(outcome as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Releases `n` unfinished items at once (their outcomes already marked).
+    #[inline]
+    pub(crate) fn release(&self, n: usize) {
+        if n > 0 && self.pending.fetch_sub(n, Ordering::AcqRel) == n {
+            self.complete();
+        }
+    }
+
+    fn complete(&self) {
+        let outcomes: Vec<Outcome> = self
+            .status
+            .iter()
+            .map(|s| Outcome::from_u8(s.load(Ordering::Acquire)))
+            .collect();
+        match &self.parent {
+            Parent::Root { ledger, ack } => {
+                for o in &outcomes {
+                    ledger.outcomes[*o as usize].fetch_add(1, Ordering::AcqRel);
+                }
+                let ack = ack.lock().map(|mut a| a.take()).unwrap_or_else(|p| p.into_inner().take());
+                if let Some(ack) = ack {
+                    (ack.0)(&outcomes);
+                }
+            }
+            Parent::Derived { links } => {
+                let outcome = outcomes.first().copied().unwrap_or(Outcome::Filtered);
+                for (origin, idx) in links {
+                    origin.finish(*idx, outcome);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worst_status_wins_and_ack_runs_once_after_all() {
+        let ledger = Arc::new(Ledger::default());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = Arc::clone(&seen);
+        let origin = Origin::root(
+            3,
+            &ledger,
+            Some(Ack::new(move |o| s2.lock().unwrap().push(o.to_vec()))),
+        );
+        origin.add_pending(1); // item 1 flat-maps into two children
+        origin.finish(1, Outcome::Filtered);
+        origin.delivered(1); // item 0
+        assert!(seen.lock().unwrap().is_empty());
+        origin.finish(1, Outcome::DeadLettered);
+        assert!(seen.lock().unwrap().is_empty(), "ack before the last descendant");
+        origin.finish(2, Outcome::Dropped);
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            vec![vec![Outcome::Delivered, Outcome::DeadLettered, Outcome::Dropped]]
+        );
+        assert_eq!(ledger.emitted.load(Ordering::Relaxed), 3);
+        assert_eq!(ledger.counts(), [1, 0, 1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn derived_item_passes_its_status_to_every_origin() {
+        let ledger = Arc::new(Ledger::default());
+        let a = Origin::root(2, &ledger, None);
+        let b = Origin::root(1, &ledger, None);
+        let d = Origin::derived(vec![(Arc::clone(&a), 0), (Arc::clone(&a), 1), (Arc::clone(&b), 0)]);
+        assert_eq!(ledger.counts().iter().sum::<u64>(), 0);
+        d.finish(0, Outcome::Failed);
+        assert_eq!(ledger.counts(), [0, 0, 0, 0, 3, 0]);
+    }
+
+    #[test]
+    fn empty_batch_completes_at_once() {
+        let ledger = Arc::new(Ledger::default());
+        let _ = Origin::root(0, &ledger, None);
+        assert_eq!(ledger.emitted.load(Ordering::Relaxed), 0);
+    }
+}

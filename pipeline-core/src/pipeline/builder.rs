@@ -1,0 +1,626 @@
+//! The typed builder: `Pipeline::builder(name).source(..).stage(..).sink(..)`.
+//!
+//! Each element is kept pending until the next one is added, so settings written after it
+//! (`.stage(Parse).concurrency(4)`) still apply; the chain is wired backwards from the
+//! sink when the pipeline is built. Every stage is erased into a task once, at build time,
+//! so the builder's type is `Builder<Out>` whatever the chain's length.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::runner::StageTask;
+use super::tasks::{self, SinkRole};
+use super::{Control, Core, DEFAULT_CAPACITY, MAX_BATCH, Row};
+use crate::ack::Ledger;
+use crate::dead_letter::DeadLetter;
+use crate::edge::{EdgeTx, edge};
+use crate::graph::Graph;
+use crate::options::{
+    BreakerOptions, OnError, RateOptions, RestartOptions, RetryOptions, StageOptions, WhenFull,
+};
+use crate::sink::{self, Sink};
+use crate::source::{self, Source};
+use crate::stage::{Emitted, Stage};
+use crate::stats::{Counters, Kind};
+
+/// Wires the pending element to the edge it sends into; returns the node ids feeding it.
+type Pending<T> = Box<dyn FnOnce(&mut Core, StageOptions, EdgeTx<T>) -> Vec<usize> + Send>;
+
+/// Entry point: `Pipeline::builder(name)`, and a built pipeline ready to run.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::convert::Infallible;
+/// use pipeline_core::prelude::*;
+///
+/// let (sink, out) = sink::collect();
+/// let report = Pipeline::builder("demo")
+///     .source(source::iter(1..=5u64))
+///     .stage_fn("square", |n: u64| async move { Ok::<_, Infallible>(n * n) })
+///     .sink(sink)
+///     .run()
+///     .await
+///     .unwrap();
+/// assert_eq!(out.take(), vec![1, 4, 9, 16, 25]);
+/// assert_eq!(report.delivered, 5);
+/// # }
+/// ```
+pub struct Pipeline {
+    pub(crate) core: Core,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.core.control.name)
+            .field("tasks", &self.core.tasks.len())
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// Starts a pipeline called `name` (used in metrics, spans and reports).
+    pub fn builder(name: impl Into<String>) -> PipelineBuilder {
+        let (dead_tx, dead_rx) = edge("dead_letter", DEFAULT_CAPACITY, WhenFull::Block);
+        let mut core = Core {
+            control: Arc::new(Control {
+                name: name.into(),
+                ledger: Arc::new(Ledger::default()),
+                stop: CancellationToken::new(),
+                failure: Mutex::new(None),
+            }),
+            tasks: Vec::new(),
+            graph: Graph::default(),
+            rows: Vec::new(),
+            dead_tx,
+            dead_rx: Some(dead_rx),
+            ingest: None,
+        };
+        // Node 0 is the dead-letter sink; its task is made by `build`.
+        core.reserve("dead_letter", Kind::DeadLetter);
+        PipelineBuilder { core, dead: None }
+    }
+
+    /// The topology, to render with [`Graph::to_mermaid`] or [`Graph::to_dot`].
+    pub fn graph(&self) -> &Graph {
+        &self.core.graph
+    }
+}
+
+impl Core {
+    /// Reserves a node (and its stats row) in build order.
+    fn reserve(&mut self, name: &str, kind: Kind) -> usize {
+        self.rows.push(None);
+        self.graph.node(name, kind)
+    }
+
+    fn counters(&self, name: &str, kind: Kind, concurrency: usize) -> Arc<Counters> {
+        Arc::new(Counters::new(&self.control.name, name, kind, concurrency))
+    }
+
+    /// An input edge for `node`, fed by whatever `upstream` wires into it.
+    fn input<T: Send + 'static>(
+        &mut self,
+        node: usize,
+        name: &str,
+        capacity: usize,
+        when_full: WhenFull,
+        upstream: impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize>,
+    ) -> crate::edge::EdgeRx<T> {
+        let (mut tx, rx) = edge(name, capacity, when_full);
+        if when_full == WhenFull::DeadLetter {
+            tx.set_overflow(self.dead_tx.clone());
+        }
+        for from in upstream(self, tx) {
+            self.graph.edge(from, node, capacity, when_full_name(when_full));
+        }
+        rx
+    }
+}
+
+fn when_full_name(w: WhenFull) -> &'static str {
+    match w {
+        WhenFull::Block => "block",
+        WhenFull::DropNewest => "drop_newest",
+        WhenFull::DropOldest => "drop_oldest",
+        WhenFull::DeadLetter => "dead_letter",
+    }
+}
+
+/// A pipeline without a source yet.
+pub struct PipelineBuilder {
+    core: Core,
+    dead: Option<Box<dyn FnOnce(&mut Core) + Send>>,
+}
+
+impl std::fmt::Debug for PipelineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineBuilder").field("core", &self.core).finish()
+    }
+}
+
+fn source_link<S: Source>(node: usize, source: S) -> Pending<S::Item> {
+    Box::new(move |core: &mut Core, _: StageOptions, tx: EdgeTx<S::Item>| {
+        let name = source.name().to_owned();
+        core.graph.rename(node, &name);
+        let counters = core.counters(&name, Kind::Source, 1);
+        core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: None });
+        let max = tx.capacity().min(MAX_BATCH);
+        let control = Arc::clone(&core.control);
+        core.tasks
+            .push((name, Box::pin(tasks::source(source, tx, max, control, counters))));
+        vec![node]
+    })
+}
+
+impl PipelineBuilder {
+    /// Reads items from `source`.
+    pub fn source<S: Source>(mut self, source: S) -> Builder<S::Item> {
+        let node = self.core.reserve("source", Kind::Source);
+        Builder {
+            core: self.core,
+            pending: source_link(node, source),
+            settings: StageOptions::default(),
+            dead: self.dead,
+        }
+    }
+
+    /// Reads items sent through an [`Ingest`] handle, which
+    /// [`PipelineHandle::ingest`](crate::PipelineHandle::ingest) hands out once spawned.
+    /// The source ends when every handle is dropped (the pipeline's own included: it
+    /// goes with the `PipelineHandle`) or at shutdown.
+    pub fn ingest<T: Send + Sync + 'static>(mut self, capacity: usize) -> Builder<T> {
+        let (ingest, source) = source::ingest::<T>(capacity);
+        self.core.ingest = Some(Box::new(ingest) as Box<dyn Any + Send + Sync>);
+        self.source(source)
+    }
+}
+
+/// A pipeline whose items are `T` at its current end. Add stages, routing and a sink.
+///
+/// Settings methods ([`concurrency`](Self::concurrency), [`buffer`](Self::buffer),
+/// [`timeout`](Self::timeout), ...) apply to the element added last and override what the
+/// stage declares itself.
+#[must_use = "a builder does nothing until it has a sink and is run"]
+pub struct Builder<T> {
+    core: Core,
+    pending: Pending<T>,
+    settings: StageOptions,
+    dead: Option<Box<dyn FnOnce(&mut Core) + Send>>,
+}
+
+impl<T> std::fmt::Debug for Builder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").field("core", &self.core).finish()
+    }
+}
+
+impl<T: Send + 'static> Builder<T> {
+    /// Closes the pending element over its settings.
+    fn upstream(self) -> (Core, Option<Box<dyn FnOnce(&mut Core) + Send>>, impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize> + Send) {
+        let Builder {
+            core,
+            pending,
+            settings,
+            dead,
+        } = self;
+        (core, dead, move |core: &mut Core, tx: EdgeTx<T>| pending(core, settings, tx))
+    }
+
+    /// Adds a stage. Its input type must be `T`; the builder continues with what it emits.
+    pub fn stage<S: Stage<In = T>>(mut self, stage: S) -> Builder<Emitted<S>> {
+        let node = self.core.reserve("stage", Kind::Stage);
+        let (core, dead, upstream) = self.upstream();
+        let pending: Pending<Emitted<S>> = Box::new(move |core, settings, tx| {
+            let opts = settings.or(stage.options());
+            let name: Arc<str> = match &opts.name {
+                Some(n) => Arc::from(&**n),
+                None => Arc::from(short_type_name::<S>()),
+            };
+            core.graph.rename(node, &name);
+            let concurrency = opts.concurrency.unwrap_or(1).max(1);
+            let capacity = opts.buffer.unwrap_or(DEFAULT_CAPACITY);
+            let rx = core.input(node, &name, capacity, opts.when_full.unwrap_or_default(), upstream);
+            let counters = core.counters(&name, Kind::Stage, concurrency);
+            if let Some(row) = core.rows.get_mut(node) {
+                *row = Some(Row {
+                    counters: Arc::clone(&counters),
+                    input: Some(rx_probe(&rx)),
+                });
+            }
+            let task = StageTask {
+                stage,
+                name: Arc::clone(&name),
+                tx,
+                dead_tx: core.dead_tx.clone(),
+                concurrency,
+                ordered: opts.ordered.unwrap_or(false),
+                on_error: opts.on_error.unwrap_or_default(),
+                counters,
+                control: Arc::clone(&core.control),
+            };
+            core.tasks.push((name.to_string(), Box::pin(task.run(rx))));
+            vec![node]
+        });
+        Builder {
+            core,
+            pending,
+            settings: StageOptions::default(),
+            dead,
+        }
+    }
+
+    /// Adds a stage from an async closure with one output per item; see
+    /// [`stage::map_fn`](crate::stage::map_fn).
+    pub fn stage_fn<F, O, E, Fut>(self, name: &'static str, f: F) -> Builder<O>
+    where
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send,
+        O: Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.stage(crate::stage::map_fn(name, f))
+    }
+
+    /// Also reads from `source`: its items join this stream.
+    pub fn merge<S: Source<Item = T>>(mut self, source: S) -> Builder<T> {
+        let node = self.core.reserve("source", Kind::Source);
+        let other = source_link(node, source);
+        let (core, dead, upstream) = self.upstream();
+        let pending: Pending<T> = Box::new(move |core, settings, tx| {
+            let mut from = upstream(core, tx.clone());
+            from.extend(other(core, settings, tx));
+            from
+        });
+        Builder {
+            core,
+            pending,
+            settings: StageOptions::default(),
+            dead,
+        }
+    }
+
+    /// Copies every item into `branch` (which must end in a sink) and continues with the
+    /// items here. The branch has its own bounded edges: by default (`Block`) the slower
+    /// side sets the pace; give the branch's first element a
+    /// [`when_full`](Self::when_full) policy to keep it from stalling the rest.
+    ///
+    /// An item's outcome is the worst over both sides.
+    pub fn tee(mut self, branch: impl FnOnce(Builder<T>) -> Ready) -> Builder<T>
+    where
+        T: Clone,
+    {
+        let node = self.core.reserve("tee", Kind::Router);
+        let (core, dead, upstream) = self.upstream();
+        let (core, branch_tx) = split_off(core, node, branch);
+        let pending: Pending<T> = Box::new(move |core, _settings, tx| {
+            let rx = core.input(node, "tee", MAX_BATCH, WhenFull::Block, upstream);
+            let counters = core.counters("tee", Kind::Router, 1);
+            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
+            let outputs: Vec<EdgeTx<T>> = take_slot(&branch_tx).into_iter().chain([tx]).collect();
+            core.tasks.push(("tee".into(), Box::pin(tasks::tee(rx, outputs, counters))));
+            vec![node]
+        });
+        Builder { core, pending, settings: StageOptions::default(), dead }
+    }
+
+    /// Sends the items for which `pred` is true into `branch` (which must end in a sink);
+    /// the rest continue here.
+    pub fn route(
+        mut self,
+        pred: impl Fn(&T) -> bool + Send + 'static,
+        branch: impl FnOnce(Builder<T>) -> Ready,
+    ) -> Builder<T> {
+        let node = self.core.reserve("route", Kind::Router);
+        let (core, dead, upstream) = self.upstream();
+        let (core, branch_tx) = split_off(core, node, branch);
+        let pending: Pending<T> = Box::new(move |core, _settings, tx| {
+            let rx = core.input(node, "route", MAX_BATCH, WhenFull::Block, upstream);
+            let counters = core.counters("route", Kind::Router, 1);
+            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
+            if let Some(matched) = take_slot(&branch_tx) {
+                core.tasks.push(("route".into(), Box::pin(tasks::route(rx, pred, matched, tx, counters))));
+            }
+            vec![node]
+        });
+        Builder { core, pending, settings: StageOptions::default(), dead }
+    }
+
+    /// Splits the stream into `lanes` lanes by `key`: items with equal keys take the same
+    /// lane, so each lane keeps their order (with ordered or single-concurrency stages).
+    /// `lane` builds each lane's stages; the lanes join again after it.
+    pub fn partition_by<K, U>(
+        mut self,
+        lanes: usize,
+        key: impl Fn(&T) -> K + Send + 'static,
+        lane: impl Fn(Builder<T>) -> Builder<U>,
+    ) -> Builder<U>
+    where
+        K: Hash + 'static,
+        U: Send + 'static,
+    {
+        let node = self.core.reserve("partition", Kind::Router);
+        let (mut core, dead, upstream) = self.upstream();
+        let mut slots = Vec::new();
+        let mut lane_ends: Vec<(Pending<U>, StageOptions)> = Vec::new();
+        for _ in 0..lanes.max(1) {
+            let slot: Slot<T> = Arc::new(Mutex::new(None));
+            let fill = Arc::clone(&slot);
+            let start = Builder {
+                core,
+                pending: Box::new(move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
+                    put_slot(&fill, tx);
+                    vec![node]
+                }),
+                settings: StageOptions::default(),
+                dead: None,
+            };
+            let end = lane(start);
+            core = end.core;
+            lane_ends.push((end.pending, end.settings));
+            slots.push(slot);
+        }
+        let pending: Pending<U> = Box::new(move |core, settings, tx| {
+            let mut from = Vec::new();
+            for (pending, own) in lane_ends {
+                from.extend(pending(core, own.or(settings.clone()), tx.clone()));
+            }
+            let txs: Vec<EdgeTx<T>> = slots.iter().filter_map(take_slot).collect();
+            let rx = core.input(node, "partition", MAX_BATCH, WhenFull::Block, upstream);
+            let counters = core.counters("partition", Kind::Router, 1);
+            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
+            core.tasks.push(("partition".into(), Box::pin(tasks::partition(rx, key, txs, counters))));
+            from
+        });
+        Builder { core, pending, settings: StageOptions::default(), dead }
+    }
+
+    /// Groups items into `Vec`s of up to `size`, emitted when full or `within` after a
+    /// group's first item. Every member of a group takes the group's outcome.
+    pub fn batch(mut self, size: usize, within: Duration) -> Builder<Vec<T>> {
+        let node = self.core.reserve("batch", Kind::Router);
+        let (core, dead, upstream) = self.upstream();
+        let pending: Pending<Vec<T>> = Box::new(move |core, settings, tx| {
+            let name = settings.name.as_deref().unwrap_or("batch").to_owned();
+            core.graph.rename(node, &name);
+            let capacity = settings.buffer.unwrap_or(DEFAULT_CAPACITY);
+            let rx = core.input(node, &name, capacity, settings.when_full.unwrap_or_default(), upstream);
+            let counters = core.counters(&name, Kind::Router, size);
+            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
+            core.tasks.push((name, Box::pin(tasks::batch(rx, tx, size, within, counters))));
+            vec![node]
+        });
+        Builder { core, pending, settings: StageOptions::default(), dead }
+    }
+
+    /// Ends the chain in `sink`.
+    pub fn sink<K: Sink<Item = T>>(mut self, sink: K) -> Ready {
+        let node = self.core.reserve("sink", Kind::Sink);
+        let (core, dead, upstream) = self.upstream();
+        let finish: Box<dyn FnOnce(&mut Core, StageOptions) + Send> = Box::new(move |core, settings| {
+            let name = settings.name.as_deref().unwrap_or(sink.name()).to_owned();
+            core.graph.rename(node, &name);
+            let capacity = settings.buffer.unwrap_or(DEFAULT_CAPACITY);
+            let rx = core.input(node, &name, capacity, settings.when_full.unwrap_or_default(), upstream);
+            let counters = core.counters(&name, Kind::Sink, 1);
+            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
+            let dead_tx = Some(core.dead_tx.clone());
+            core.tasks.push((name, Box::pin(tasks::sink(sink, rx, dead_tx, SinkRole::Output, counters))));
+        });
+        Ready { core, finish, settings: StageOptions::default(), dead }
+    }
+
+    /// Names the element added last.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.settings.name = Some(name.into());
+        self
+    }
+
+    /// Items in flight inside the stage added last.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.settings.concurrency = Some(n);
+        self
+    }
+
+    /// Keeps input order at the output of the stage added last.
+    pub fn ordered(mut self) -> Self {
+        self.settings.ordered = Some(true);
+        self
+    }
+
+    /// Capacity of the input edge of the element added last, in items.
+    pub fn buffer(mut self, items: usize) -> Self {
+        self.settings.buffer = Some(items);
+        self
+    }
+
+    /// Overflow policy of the input edge of the element added last.
+    pub fn when_full(mut self, policy: WhenFull) -> Self {
+        self.settings.when_full = Some(policy);
+        self
+    }
+
+    /// What happens to items whose attempts are exhausted in the stage added last.
+    pub fn on_error(mut self, on_error: OnError) -> Self {
+        self.settings.on_error = Some(on_error);
+        self
+    }
+
+    /// Per-attempt timeout of the stage added last.
+    pub fn timeout(mut self, after: Duration) -> Self {
+        self.settings.timeout = Some(after);
+        self
+    }
+
+    /// Retries of the stage added last.
+    pub fn retry(mut self, retry: RetryOptions) -> Self {
+        self.settings.retry = Some(retry);
+        self
+    }
+
+    /// Circuit breaker of the stage added last.
+    pub fn breaker(mut self, breaker: BreakerOptions) -> Self {
+        self.settings.breaker = Some(breaker);
+        self
+    }
+
+    /// Rate limit of the stage added last.
+    pub fn rate(mut self, rate: RateOptions) -> Self {
+        self.settings.rate = Some(rate);
+        self
+    }
+
+    /// Supervision of the stage added last.
+    pub fn restart(mut self, restart: RestartOptions) -> Self {
+        self.settings.restart = Some(restart);
+        self
+    }
+
+    /// Every setting at once for the element added last; fields left `None` keep
+    /// earlier settings.
+    pub fn options(mut self, options: StageOptions) -> Self {
+        self.settings = options.or(self.settings);
+        self
+    }
+}
+
+type Slot<T> = Arc<Mutex<Option<EdgeTx<T>>>>;
+
+fn put_slot<T>(slot: &Slot<T>, tx: EdgeTx<T>) {
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+}
+
+fn take_slot<T>(slot: &Slot<T>) -> Option<EdgeTx<T>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+fn rx_probe<T>(rx: &crate::edge::EdgeRx<T>) -> crate::edge::EdgeProbe {
+    rx.probe()
+}
+
+/// Builds `branch` off `node` now; its entry edge waits in the returned slot.
+fn split_off<T: Send + 'static>(
+    core: Core,
+    node: usize,
+    branch: impl FnOnce(Builder<T>) -> Ready,
+) -> (Core, Slot<T>) {
+    let slot: Slot<T> = Arc::new(Mutex::new(None));
+    let fill = Arc::clone(&slot);
+    let start = Builder {
+        core,
+        pending: Box::new(move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
+            put_slot(&fill, tx);
+            vec![node]
+        }),
+        settings: StageOptions::default(),
+        dead: None,
+    };
+    let ready = branch(start);
+    let Ready {
+        mut core, finish, settings, ..
+    } = ready;
+    finish(&mut core, settings);
+    (core, slot)
+}
+
+fn short_type_name<S>() -> String {
+    let full = std::any::type_name::<S>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base).to_owned()
+}
+
+/// A pipeline with a sink: set the dead-letter sink, then [`run`](Self::run),
+/// [`spawn`](Self::spawn) or [`build`](Self::build) it.
+#[must_use = "a pipeline does nothing until it is run or spawned"]
+pub struct Ready {
+    core: Core,
+    finish: Box<dyn FnOnce(&mut Core, StageOptions) + Send>,
+    settings: StageOptions,
+    dead: Option<Box<dyn FnOnce(&mut Core) + Send>>,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready").field("core", &self.core).finish()
+    }
+}
+
+impl Ready {
+    /// Names the sink.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.settings.name = Some(name.into());
+        self
+    }
+
+    /// Capacity of the sink's input edge, in items.
+    pub fn buffer(mut self, items: usize) -> Self {
+        self.settings.buffer = Some(items);
+        self
+    }
+
+    /// Overflow policy of the sink's input edge.
+    pub fn when_full(mut self, policy: WhenFull) -> Self {
+        self.settings.when_full = Some(policy);
+        self
+    }
+
+    /// Where dead letters go (default: [`sink::log`], a `warn` event each). An item is
+    /// `DeadLettered` once this sink confirmed its record; if the write fails, `Failed`.
+    pub fn dead_letter<K: Sink<Item = DeadLetter>>(mut self, sink: K) -> Self {
+        self.dead = Some(Box::new(move |core: &mut Core| dead_letter_task(core, sink)));
+        self
+    }
+
+    /// Wires every element into tasks, ready to run.
+    pub fn build(self) -> Pipeline {
+        let Ready {
+            mut core,
+            finish,
+            settings,
+            dead,
+        } = self;
+        finish(&mut core, settings);
+        match dead {
+            Some(dead) => dead(&mut core),
+            None => dead_letter_task(&mut core, sink::log::<DeadLetter>()),
+        }
+        Pipeline { core }
+    }
+
+    /// Builds and runs the pipeline to its end on the current runtime; see
+    /// [`Pipeline::run`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::run`].
+    pub async fn run(self) -> Result<super::RunReport, super::PipelineError> {
+        self.build().run().await
+    }
+
+    /// Builds and spawns the pipeline on the current runtime; see [`Pipeline::spawn`].
+    pub fn spawn(self) -> super::PipelineHandle {
+        self.build().spawn()
+    }
+}
+
+fn dead_letter_task<K: Sink<Item = DeadLetter>>(core: &mut Core, sink: K) {
+    let Some(rx) = core.dead_rx.take() else {
+        return;
+    };
+    let name = format!("dead_letter:{}", sink.name());
+    core.graph.rename(0, &name);
+    let counters = core.counters(&name, Kind::DeadLetter, 1);
+    core.rows[0] = Some(Row {
+        counters: Arc::clone(&counters),
+        input: Some(rx.probe()),
+    });
+    core.tasks
+        .push((name, Box::pin(tasks::sink(sink, rx, None, SinkRole::DeadLetter, counters))));
+}

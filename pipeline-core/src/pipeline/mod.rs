@@ -1,0 +1,85 @@
+//! Assembly: the builder wires sources, stages and sinks into tasks joined by edges; the
+//! handle runs them and reports.
+
+mod builder;
+mod handle;
+mod report;
+mod runner;
+mod tasks;
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::Ledger;
+use crate::dead_letter::DeadLetter;
+use crate::edge::{EdgeProbe, EdgeRx, EdgeTx};
+use crate::graph::Graph;
+use crate::stats::Counters;
+
+pub use builder::{Builder, Pipeline, PipelineBuilder, Ready};
+pub use handle::{DEFAULT_SHUTDOWN_DEADLINE, Health, PipelineHandle};
+pub use report::{PipelineError, RunReport, StageFailure};
+
+/// Items per message between tasks, at most. Batches are whatever is ready, never padded.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// Default capacity of an edge, in items.
+pub(crate) const DEFAULT_CAPACITY: usize = 1024;
+
+/// What every task of one pipeline shares.
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub(crate) name: String,
+    pub(crate) ledger: Arc<Ledger>,
+    /// Cancelled to stop the sources (shutdown, or a stage with `on_error = fail`).
+    pub(crate) stop: CancellationToken,
+    pub(crate) failure: Mutex<Option<StageFailure>>,
+}
+
+impl Control {
+    /// Records why the pipeline must stop (the first reason wins) and stops the sources.
+    pub(crate) fn fail(&self, stage: &str, error: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if failure.is_none() {
+            tracing::error!(pipeline = %self.name, stage, %error, "pipeline failing");
+            *failure = Some(StageFailure {
+                stage: stage.to_owned(),
+                error,
+            });
+        }
+        drop(failure);
+        self.stop.cancel();
+    }
+}
+
+/// One row of `stats()`: an element's counters and its input edge.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) input: Option<EdgeProbe>,
+}
+
+pub(crate) type Task = (String, BoxFuture<'static, ()>);
+
+/// The pipeline under construction.
+pub(crate) struct Core {
+    pub(crate) control: Arc<Control>,
+    pub(crate) tasks: Vec<Task>,
+    pub(crate) graph: Graph,
+    pub(crate) rows: Vec<Option<Row>>,
+    pub(crate) dead_tx: EdgeTx<DeadLetter>,
+    pub(crate) dead_rx: Option<EdgeRx<DeadLetter>>,
+    pub(crate) ingest: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("name", &self.control.name)
+            .field("tasks", &self.tasks.len())
+            .finish()
+    }
+}

@@ -1,0 +1,309 @@
+//! The stage task: takes batches from the input edge, calls the stage per item (inline
+//! when `concurrency` is 1, else up to `concurrency` calls in flight, ordered or not),
+//! and sends what is ready downstream as one batch.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll};
+
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::{Stream, StreamExt};
+
+use super::{Control, MAX_BATCH};
+use crate::ack::{Origin, Outcome};
+use crate::context::Context;
+use crate::dead_letter::DeadLetter;
+use crate::edge::{EdgeRx, EdgeTx};
+use crate::envelope::Batch;
+use crate::error::chain;
+use crate::options::OnError;
+use crate::stage::{Emitted, Shape, Stage};
+use crate::stats::Counters;
+
+/// Items leaving a task, grouped by origin, sent as batches.
+pub(crate) struct Outbox<T> {
+    ready: Vec<Batch<T>>,
+    items: usize,
+}
+
+impl<T: Send + 'static> Outbox<T> {
+    pub(crate) fn new() -> Self {
+        Outbox {
+            ready: Vec::new(),
+            items: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items
+    }
+
+    #[inline]
+    pub(crate) fn push(&mut self, origin: &Arc<Origin>, idx: u32, item: T, hint: usize) {
+        match self.ready.last_mut() {
+            Some(batch) if Arc::ptr_eq(batch.origin(), origin) => batch.push(idx, item),
+            _ => {
+                let mut batch = Batch::empty(Arc::clone(origin), hint.clamp(1, MAX_BATCH));
+                batch.push(idx, item);
+                self.ready.push(batch);
+            }
+        }
+        self.items += 1;
+    }
+
+    /// Sends everything; returns how many items went out.
+    pub(crate) async fn flush(&mut self, tx: &EdgeTx<T>) -> usize {
+        let sent = self.items;
+        self.items = 0;
+        for batch in self.ready.drain(..) {
+            tx.send(batch).await;
+        }
+        sent
+    }
+}
+
+/// An item whose call is under way. Dropped unsettled (an aborted task), it ends
+/// `Abandoned`.
+struct Claimed {
+    origin: Arc<Origin>,
+    idx: u32,
+    settled: bool,
+}
+
+impl Claimed {
+    fn new(origin: &Arc<Origin>, idx: u32) -> Self {
+        Claimed {
+            origin: Arc::clone(origin),
+            idx,
+            settled: false,
+        }
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.origin.finish(self.idx, Outcome::Abandoned);
+        }
+    }
+}
+
+/// Calls in flight, in completion order or in input order.
+enum InFlight<F: Future> {
+    Unordered(FuturesUnordered<F>),
+    Ordered(FuturesOrdered<F>),
+}
+
+impl<F: Future> InFlight<F> {
+    fn len(&self) -> usize {
+        match self {
+            InFlight::Unordered(f) => f.len(),
+            InFlight::Ordered(f) => f.len(),
+        }
+    }
+
+    fn push(&mut self, fut: F) {
+        match self {
+            InFlight::Unordered(f) => f.push(fut),
+            InFlight::Ordered(f) => f.push_back(fut),
+        }
+    }
+}
+
+impl<F: Future> Stream for InFlight<F> {
+    type Item = F::Output;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<F::Output>> {
+        match self.get_mut() {
+            InFlight::Unordered(f) => f.poll_next_unpin(cx),
+            InFlight::Ordered(f) => f.poll_next_unpin(cx),
+        }
+    }
+}
+
+/// Everything a stage task owns.
+pub(crate) struct StageTask<S: Stage> {
+    pub(crate) stage: S,
+    pub(crate) name: Arc<str>,
+    pub(crate) tx: EdgeTx<Emitted<S>>,
+    pub(crate) dead_tx: EdgeTx<DeadLetter>,
+    pub(crate) concurrency: usize,
+    pub(crate) ordered: bool,
+    pub(crate) on_error: OnError,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) control: Arc<Control>,
+}
+
+/// Per-batch tallies, applied to the counters once per batch.
+#[derive(Default)]
+struct Tally {
+    completed: usize,
+    filtered: usize,
+    errors: usize,
+}
+
+/// Where the results of calls go.
+struct Results<'a, S: Stage> {
+    task: &'a StageTask<S>,
+    out: Outbox<Emitted<S>>,
+    dead: Outbox<DeadLetter>,
+    tally: Tally,
+}
+
+impl<S: Stage> Results<'_, S> {
+    /// Routes one call's result; flat-map children beyond a batch are sent as room allows.
+    async fn settle(&mut self, mut claim: Claimed, result: Result<S::Output, S::Error>) {
+        claim.settled = true;
+        self.tally.completed += 1;
+        let (origin, idx) = (&claim.origin, claim.idx);
+        match result {
+            Ok(output) => {
+                let mut items = <S::Shape as Shape<S::Output>>::items(output);
+                let Some(first) = items.next() else {
+                    self.tally.filtered += 1;
+                    origin.finish(idx, Outcome::Filtered);
+                    return;
+                };
+                self.out.push(origin, idx, first, MAX_BATCH);
+                for child in items {
+                    // Each child beyond the first is one more descendant to wait for.
+                    origin.add_pending(1);
+                    self.out.push(origin, idx, child, MAX_BATCH);
+                    if self.out.len() >= MAX_BATCH {
+                        self.flush().await;
+                    }
+                }
+            }
+            Err(error) => self.fail(origin, idx, &error),
+        }
+    }
+
+    fn fail(&mut self, origin: &Arc<Origin>, idx: u32, error: &S::Error) {
+        self.tally.errors += 1;
+        let task = self.task;
+        let text = chain(error);
+        match task.on_error {
+            OnError::DeadLetter => {
+                tracing::warn!(stage = %task.name, error = %text, "item dead-lettered");
+                let record = DeadLetter::new(&*task.name, text, 1);
+                self.dead.push(origin, idx, record, 1);
+            }
+            OnError::Drop => {
+                tracing::warn!(stage = %task.name, error = %text, "item dropped");
+                origin.finish(idx, Outcome::Dropped);
+            }
+            OnError::Fail => {
+                origin.finish(idx, Outcome::Failed);
+                task.control.fail(&task.name, text);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        let task = self.task;
+        let t = std::mem::take(&mut self.tally);
+        task.counters.completed(t.completed);
+        task.counters.filtered(t.filtered);
+        task.counters.errors(t.errors);
+        let sent = self.out.flush(&task.tx).await;
+        task.counters.emitted(sent);
+        self.dead.flush(&task.dead_tx).await;
+    }
+}
+
+impl<S: Stage> StageTask<S> {
+    pub(crate) async fn run(self, mut rx: EdgeRx<S::In>) {
+        let cx = Context::new(Arc::clone(&self.name));
+        let task = &self;
+        let mut results = Results {
+            task,
+            out: Outbox::new(),
+            dead: Outbox::new(),
+            tally: Tally::default(),
+        };
+        if task.concurrency <= 1 {
+            while let Some(mut batch) = rx.recv().await {
+                task.counters.received(batch.len());
+                let origin = Arc::clone(batch.origin());
+                batch.reverse();
+                while let Some((idx, item)) = batch.pop() {
+                    let claim = Claimed::new(&origin, idx);
+                    let result = task.stage.call(item, &cx).await;
+                    results.settle(claim, result).await;
+                }
+                results.flush().await;
+            }
+        } else {
+            let call = |claim: Claimed, item: S::In| {
+                let cx = &cx;
+                async move { (claim, task.stage.call(item, cx).await) }
+            };
+            let mut running = if task.ordered {
+                InFlight::Ordered(FuturesOrdered::new())
+            } else {
+                InFlight::Unordered(FuturesUnordered::new())
+            };
+            let mut input: Option<Batch<S::In>> = None;
+            let mut closed = false;
+            loop {
+                // Start calls while there is room and input at hand.
+                while running.len() < task.concurrency {
+                    if input.as_ref().is_none_or(Batch::is_empty) {
+                        input = None;
+                        if closed {
+                            break;
+                        }
+                        let Some(mut batch) = rx.try_recv() else {
+                            break;
+                        };
+                        task.counters.received(batch.len());
+                        batch.reverse();
+                        input = Some(batch);
+                    }
+                    let Some(batch) = input.as_mut() else { break };
+                    let Some((idx, item)) = batch.pop() else { continue };
+                    let claim = Claimed::new(batch.origin(), idx);
+                    running.push(call(claim, item));
+                }
+                if running.len() == 0 {
+                    results.flush().await;
+                    if closed {
+                        break;
+                    }
+                    match rx.recv().await {
+                        Some(mut batch) => {
+                            task.counters.received(batch.len());
+                            batch.reverse();
+                            input = Some(batch);
+                        }
+                        None => closed = true,
+                    }
+                    continue;
+                }
+                let room = running.len() < task.concurrency && !closed && input.is_none();
+                tokio::select! {
+                    biased;
+                    Some((claim, result)) = running.next() => {
+                        results.settle(claim, result).await;
+                        // Take every other completion that is already there.
+                        while let Some(Some((claim, result))) =
+                            futures::FutureExt::now_or_never(running.next())
+                        {
+                            results.settle(claim, result).await;
+                        }
+                        results.flush().await;
+                    }
+                    batch = rx.recv(), if room => match batch {
+                        Some(mut batch) => {
+                            task.counters.received(batch.len());
+                            batch.reverse();
+                            input = Some(batch);
+                        }
+                        None => closed = true,
+                    },
+                }
+            }
+        }
+        results.flush().await;
+        drop(rx);
+    }
+}

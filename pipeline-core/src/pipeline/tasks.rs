@@ -1,0 +1,291 @@
+//! The tasks around the stages: sources, sinks, fan-out, routing, partitioning and
+//! batching. Each takes batches from edges and gives every item exactly one way out.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::runner::Outbox;
+use super::{Control, MAX_BATCH};
+use crate::ack::{Origin, Outcome};
+use crate::dead_letter::DeadLetter;
+use crate::edge::{EdgeRx, EdgeTx};
+use crate::envelope::Batch;
+use crate::error::chain;
+use crate::sink::{Sink, WriteError};
+use crate::source::Source;
+use crate::stats::{Counters, SOURCE_ERRORS_TOTAL};
+
+/// Pulls from a source until it ends or the pipeline stops.
+pub(crate) async fn source<S: Source>(
+    mut source: S,
+    tx: EdgeTx<S::Item>,
+    max: usize,
+    control: Arc<Control>,
+    counters: Arc<Counters>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut stopping = false;
+    loop {
+        let pulled = if stopping {
+            source.pull(max).await
+        } else {
+            tokio::select! {
+                biased;
+                () = control.stop.cancelled() => {
+                    if !source.close() {
+                        break;
+                    }
+                    stopping = true;
+                    continue;
+                }
+                pulled = source.pull(max) => pulled,
+            }
+        };
+        match pulled {
+            Ok(Some(pulled)) => {
+                backoff = Duration::from_millis(100);
+                let n = pulled.items.len();
+                let origin = Origin::root(n, &control.ledger, pulled.ack);
+                counters.received(n);
+                tx.send(Batch::new(pulled.items, origin)).await;
+                counters.emitted(n);
+                counters.completed(n);
+            }
+            Ok(None) => break,
+            Err(error) => {
+                counters.errors(1);
+                ::metrics::counter!(SOURCE_ERRORS_TOTAL, "pipeline" => control.name.clone(), "stage" => counters.name.clone()).increment(1);
+                tracing::warn!(source = %counters.name, error = %chain(&*error), retry_in = ?backoff, "source failed; retrying");
+                tokio::select! {
+                    () = control.stop.cancelled(), if !stopping => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// What a sink's write means for the items.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SinkRole {
+    /// A regular sink: success = `Delivered`; failed items are dead-lettered.
+    Output,
+    /// The dead-letter sink: success = `DeadLettered`; failure = `Failed`.
+    DeadLetter,
+}
+
+/// Writes batches into a sink, then flushes it.
+pub(crate) async fn sink<K: Sink>(
+    mut sink: K,
+    mut rx: EdgeRx<K::Item>,
+    dead_tx: Option<EdgeTx<DeadLetter>>,
+    role: SinkRole,
+    counters: Arc<Counters>,
+) {
+    while let Some(batch) = rx.recv().await {
+        let n = batch.len();
+        counters.received(n);
+        let (mut items, claim) = batch.claim();
+        match sink.write(&mut items).await {
+            Ok(()) => {
+                counters.emitted(n);
+                claim.finish_all(match role {
+                    SinkRole::Output => Outcome::Delivered,
+                    SinkRole::DeadLetter => Outcome::DeadLettered,
+                });
+            }
+            Err(WriteError { error, failed }) => {
+                let mut failed = failed.unwrap_or_else(|| (0..n).collect());
+                failed.sort_unstable();
+                failed.dedup();
+                failed.retain(|&p| p < n);
+                counters.errors(failed.len());
+                counters.emitted(n - failed.len());
+                let text = chain(&*error);
+                match (role, &dead_tx) {
+                    (SinkRole::Output, Some(dead_tx)) => {
+                        tracing::warn!(sink = %counters.name, items = failed.len(), error = %text, "write failed; items dead-lettered");
+                        let record = DeadLetter::new(&*counters.name, text, 1);
+                        dead_tx.send(claim.split_failed(&failed, &record)).await;
+                    }
+                    _ => {
+                        tracing::error!(sink = %counters.name, items = failed.len(), error = %text, "write failed; items failed");
+                        claim.finish_split(&failed, Outcome::Failed);
+                    }
+                }
+            }
+        }
+        counters.completed(n);
+    }
+    if let Err(error) = sink.flush().await {
+        tracing::error!(sink = %counters.name, error = %chain(&*error), "flush failed");
+        counters.errors(1);
+    }
+}
+
+/// Copies every item to each output (fan-out). Each output has its own edge and policy.
+pub(crate) async fn tee<T: Clone + Send + 'static>(
+    mut rx: EdgeRx<T>,
+    outputs: Vec<EdgeTx<T>>,
+    counters: Arc<Counters>,
+) {
+    let Some((last, rest)) = outputs.split_last() else {
+        return;
+    };
+    while let Some(batch) = rx.recv().await {
+        let n = batch.len();
+        counters.received(n);
+        // Worst status wins over the branches: every copy is one more to wait for.
+        batch.add_copies(rest.len());
+        for tx in rest {
+            tx.send(batch.copy()).await;
+        }
+        last.send(batch).await;
+        counters.emitted(n);
+        counters.completed(n);
+    }
+}
+
+/// Sends items matching `pred` to `matched`, the rest to `other`.
+pub(crate) async fn route<T: Send + 'static, P: Fn(&T) -> bool + Send + 'static>(
+    mut rx: EdgeRx<T>,
+    pred: P,
+    matched: EdgeTx<T>,
+    other: EdgeTx<T>,
+    counters: Arc<Counters>,
+) {
+    while let Some(mut batch) = rx.recv().await {
+        let n = batch.len();
+        counters.received(n);
+        let mut yes = Outbox::new();
+        let mut no = Outbox::new();
+        let origin = Arc::clone(batch.origin());
+        for (idx, item) in batch.drain() {
+            if pred(&item) {
+                yes.push(&origin, idx, item, n);
+            } else {
+                no.push(&origin, idx, item, n);
+            }
+        }
+        yes.flush(&matched).await;
+        no.flush(&other).await;
+        counters.emitted(n);
+        counters.completed(n);
+    }
+}
+
+/// Sends each item to lane `hash(key) % lanes`, so one key always takes one lane.
+pub(crate) async fn partition<T, K, F>(
+    mut rx: EdgeRx<T>,
+    key: F,
+    lanes: Vec<EdgeTx<T>>,
+    counters: Arc<Counters>,
+) where
+    T: Send + 'static,
+    K: Hash,
+    F: Fn(&T) -> K + Send + 'static,
+{
+    let mut outs: Vec<Outbox<T>> = lanes.iter().map(|_| Outbox::new()).collect();
+    while let Some(mut batch) = rx.recv().await {
+        let n = batch.len();
+        counters.received(n);
+        let origin = Arc::clone(batch.origin());
+        for (idx, item) in batch.drain() {
+            let mut h = std::hash::DefaultHasher::new();
+            key(&item).hash(&mut h);
+            let lane = (h.finish() % outs.len() as u64) as usize;
+            if let Some(out) = outs.get_mut(lane) {
+                out.push(&origin, idx, item, n);
+            }
+        }
+        for (out, tx) in outs.iter_mut().zip(&lanes) {
+            out.flush(tx).await;
+        }
+        counters.emitted(n);
+        counters.completed(n);
+    }
+}
+
+/// Items gathered for one group, with the identity of each. Dropped unfinished (an
+/// aborted task), every member ends `Abandoned`.
+struct Group<T> {
+    items: Vec<T>,
+    links: Vec<(Arc<Origin>, u32)>,
+}
+
+impl<T> Drop for Group<T> {
+    fn drop(&mut self) {
+        for (origin, idx) in self.links.drain(..) {
+            origin.finish(idx, Outcome::Abandoned);
+        }
+    }
+}
+
+/// Groups items into `Vec`s of up to `size`, emitted when full or `within` after the
+/// group's first item. A group is one item whose outcome every member takes.
+pub(crate) async fn batch<T: Send + 'static>(
+    mut rx: EdgeRx<T>,
+    tx: EdgeTx<Vec<T>>,
+    size: usize,
+    within: Duration,
+    counters: Arc<Counters>,
+) {
+    let size = size.max(1);
+    let mut group = Group {
+        items: Vec::with_capacity(size.min(MAX_BATCH)),
+        links: Vec::with_capacity(size.min(MAX_BATCH)),
+    };
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut input: Option<Batch<T>> = None;
+    loop {
+        if let Some(batch) = input.as_mut() {
+            while let Some((idx, item)) = batch.pop() {
+                if group.items.is_empty() {
+                    deadline = Some(tokio::time::Instant::now() + within);
+                }
+                group.items.push(item);
+                group.links.push((Arc::clone(batch.origin()), idx));
+                if group.items.len() >= size {
+                    emit(&mut group, &tx, &counters).await;
+                    deadline = None;
+                }
+            }
+            input = None;
+        }
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            next = rx.recv() => match next {
+                Some(mut batch) => {
+                    counters.received(batch.len());
+                    batch.reverse();
+                    input = Some(batch);
+                }
+                None => break,
+            },
+            () = timer => {
+                emit(&mut group, &tx, &counters).await;
+                deadline = None;
+            }
+        }
+    }
+    emit(&mut group, &tx, &counters).await;
+}
+
+async fn emit<T: Send + 'static>(group: &mut Group<T>, tx: &EdgeTx<Vec<T>>, counters: &Counters) {
+    let n = group.items.len();
+    if n == 0 {
+        return;
+    }
+    let origin = Origin::derived(std::mem::take(&mut group.links));
+    let items = std::mem::replace(&mut group.items, Vec::with_capacity(n));
+    tx.send(Batch::new(vec![items], origin)).await;
+    counters.emitted(1);
+    counters.completed(n);
+}

@@ -1,0 +1,374 @@
+//! Sinks: where items end. Built-ins: [`collect`], [`for_each`], [`channel`],
+//! [`jsonl_file`], [`log`].
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+use crate::error::{BoxError, Message};
+
+/// A failed write. `failed` names the positions in the batch that did not make it
+/// (`None`: all of them); the rest count as delivered.
+#[derive(Debug)]
+pub struct WriteError {
+    /// What went wrong.
+    pub error: BoxError,
+    /// Positions of the failed items in the batch given to `write`; `None` = every item.
+    pub failed: Option<Vec<usize>>,
+}
+
+impl WriteError {
+    /// The whole batch failed.
+    pub fn all(error: impl Into<BoxError>) -> Self {
+        WriteError {
+            error: error.into(),
+            failed: None,
+        }
+    }
+
+    /// Only the items at `positions` failed.
+    pub fn partial(error: impl Into<BoxError>, positions: Vec<usize>) -> Self {
+        WriteError {
+            error: error.into(),
+            failed: Some(positions),
+        }
+    }
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.failed {
+            None => write!(f, "write failed: {}", self.error),
+            Some(p) => write!(f, "write failed for {} items: {}", p.len(), self.error),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.error)
+    }
+}
+
+/// Consumes items in batches. A batch is whatever is ready, never padded by waiting.
+///
+/// An item counts as `Delivered` once `write` returned `Ok` for its batch; items named
+/// in a [`WriteError`] go to the stage's `on_error` path (dead letter by default).
+/// [`flush`](Sink::flush) runs once when the input ends, before the pipeline reports.
+///
+/// # Examples
+///
+/// ```
+/// use pipeline_core::sink::{Sink, WriteError};
+///
+/// struct Sum(u64);
+///
+/// impl Sink for Sum {
+///     type Item = u64;
+///     async fn write(&mut self, items: &mut Vec<u64>) -> Result<(), WriteError> {
+///         self.0 += items.drain(..).sum::<u64>();
+///         Ok(())
+///     }
+/// }
+/// # let _ = Sum(0);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a pipeline sink",
+    note = "use `sink::collect`, `sink::for_each`, `sink::channel`, `sink::jsonl_file`, or implement `Sink`"
+)]
+pub trait Sink: Send + 'static {
+    /// The item type.
+    type Item: Send + 'static;
+
+    /// Writes a batch. The sink may take the items out of `items`.
+    fn write(
+        &mut self,
+        items: &mut Vec<Self::Item>,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
+
+    /// Flushes buffered writes; called once when the input ends.
+    fn flush(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// A name for metrics and the topology graph.
+    fn name(&self) -> &str {
+        "sink"
+    }
+}
+
+/// A sink keeping every item in memory, and the handle to read them. Its memory grows with
+/// the input: meant for tests and small jobs.
+///
+/// ```
+/// let (sink, items) = pipeline_core::sink::collect::<u64>();
+/// assert!(items.take().is_empty());
+/// # drop(sink);
+/// ```
+pub fn collect<T: Send + 'static>() -> (Collect<T>, Collected<T>) {
+    let items = Arc::new(Mutex::new(Vec::new()));
+    (
+        Collect {
+            items: Arc::clone(&items),
+        },
+        Collected { items },
+    )
+}
+
+/// See [`collect`].
+#[derive(Debug)]
+pub struct Collect<T> {
+    items: Arc<Mutex<Vec<T>>>,
+}
+
+/// The items a [`Collect`] sink received, in arrival order.
+#[derive(Debug)]
+pub struct Collected<T> {
+    items: Arc<Mutex<Vec<T>>>,
+}
+
+impl<T> Clone for Collected<T> {
+    fn clone(&self) -> Self {
+        Collected {
+            items: Arc::clone(&self.items),
+        }
+    }
+}
+
+impl<T> Collected<T> {
+    /// Takes the items received so far.
+    pub fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.items.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// How many items are held.
+    pub fn len(&self) -> usize {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: Send + 'static> Sink for Collect<T> {
+    type Item = T;
+
+    async fn write(&mut self, items: &mut Vec<T>) -> Result<(), WriteError> {
+        self.items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(items);
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "collect"
+    }
+}
+
+/// A sink calling an async closure per item; an `Err` fails that item only.
+///
+/// ```
+/// use std::convert::Infallible;
+/// let sink = pipeline_core::sink::for_each(|n: u64| async move {
+///     println!("{n}");
+///     Ok::<_, Infallible>(())
+/// });
+/// # let _ = sink;
+/// ```
+pub fn for_each<T, F, Fut, E>(f: F) -> ForEach<F, T>
+where
+    T: Send + 'static,
+    F: FnMut(T) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Into<BoxError>,
+{
+    ForEach(f, std::marker::PhantomData)
+}
+
+/// See [`for_each`].
+pub struct ForEach<F, T>(F, std::marker::PhantomData<fn(T)>);
+
+impl<F, T> fmt::Debug for ForEach<F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ForEach(..)")
+    }
+}
+
+impl<T, F, Fut, E> Sink for ForEach<F, T>
+where
+    T: Send + 'static,
+    F: FnMut(T) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Into<BoxError>,
+{
+    type Item = T;
+
+    async fn write(&mut self, items: &mut Vec<T>) -> Result<(), WriteError> {
+        let mut failed = Vec::new();
+        let mut last = None;
+        for (pos, item) in items.drain(..).enumerate() {
+            if let Err(e) = (self.0)(item).await {
+                failed.push(pos);
+                last = Some(e.into());
+            }
+        }
+        match last {
+            None => Ok(()),
+            Some(e) => Err(WriteError::partial(e, failed)),
+        }
+    }
+
+    fn name(&self) -> &str {
+        "for_each"
+    }
+}
+
+/// A sink forwarding items into a tokio channel, waiting while it is full.
+///
+/// ```
+/// let (tx, _rx) = tokio::sync::mpsc::channel::<u64>(16);
+/// let sink = pipeline_core::sink::channel(tx);
+/// # let _ = sink;
+/// ```
+pub fn channel<T: Send + 'static>(tx: mpsc::Sender<T>) -> Channel<T> {
+    Channel(tx)
+}
+
+/// See [`channel`].
+#[derive(Debug)]
+pub struct Channel<T>(mpsc::Sender<T>);
+
+impl<T: Send + 'static> Sink for Channel<T> {
+    type Item = T;
+
+    async fn write(&mut self, items: &mut Vec<T>) -> Result<(), WriteError> {
+        let total = items.len();
+        for (pos, item) in items.drain(..).enumerate() {
+            if self.0.send(item).await.is_err() {
+                return Err(WriteError::partial(
+                    Message("the receiving channel is closed".into()),
+                    (pos..total).collect(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "channel"
+    }
+}
+
+/// A sink appending each item as one JSON line to a file (created or appended to).
+///
+/// ```no_run
+/// let sink = pipeline_core::sink::jsonl_file::<serde_json::Value>("out.jsonl");
+/// # let _ = sink;
+/// ```
+pub fn jsonl_file<T: Serialize + Send + 'static>(path: impl Into<PathBuf>) -> JsonLines<T> {
+    JsonLines {
+        path: path.into(),
+        file: None,
+        line: Vec::new(),
+        _item: std::marker::PhantomData,
+    }
+}
+
+/// See [`jsonl_file`].
+#[derive(Debug)]
+pub struct JsonLines<T> {
+    path: PathBuf,
+    file: Option<BufWriter<tokio::fs::File>>,
+    line: Vec<u8>,
+    _item: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Serialize + Send + 'static> Sink for JsonLines<T> {
+    type Item = T;
+
+    async fn write(&mut self, items: &mut Vec<T>) -> Result<(), WriteError> {
+        if self.file.is_none() {
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await
+                .map_err(WriteError::all)?;
+            self.file = Some(BufWriter::new(file));
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(WriteError::all(Message("file not open".into())));
+        };
+        let mut failed = Vec::new();
+        let mut last: Option<BoxError> = None;
+        self.line.clear();
+        for (pos, item) in items.iter().enumerate() {
+            let start = self.line.len();
+            if let Err(e) = serde_json::to_writer(&mut self.line, item) {
+                self.line.truncate(start);
+                failed.push(pos);
+                last = Some(e.into());
+                continue;
+            }
+            self.line.push(b'\n');
+        }
+        file.write_all(&self.line).await.map_err(WriteError::all)?;
+        // The batch is only delivered once it reached the OS.
+        file.flush().await.map_err(WriteError::all)?;
+        items.clear();
+        match last {
+            None => Ok(()),
+            Some(e) => Err(WriteError::partial(e, failed)),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), BoxError> {
+        if let Some(file) = self.file.as_mut() {
+            file.flush().await?;
+            file.get_mut().sync_data().await?;
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "jsonl_file"
+    }
+}
+
+/// A sink that writes each item to the `tracing` log at `warn` level and drops it; the
+/// default dead-letter sink, so no dead letter is ever silent.
+///
+/// ```
+/// let sink = pipeline_core::sink::log::<pipeline_core::DeadLetter>();
+/// # let _ = sink;
+/// ```
+pub fn log<T: fmt::Debug + Send + 'static>() -> Log<T> {
+    Log(std::marker::PhantomData)
+}
+
+/// See [`log`].
+#[derive(Debug)]
+pub struct Log<T>(std::marker::PhantomData<fn(T)>);
+
+impl<T: fmt::Debug + Send + 'static> Sink for Log<T> {
+    type Item = T;
+
+    async fn write(&mut self, items: &mut Vec<T>) -> Result<(), WriteError> {
+        for item in items.drain(..) {
+            tracing::warn!(?item, "dead letter");
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "log"
+    }
+}
