@@ -221,7 +221,10 @@ impl Origin {
                 for o in &outcomes {
                     ledger.outcomes[*o as usize].fetch_add(1, Ordering::AcqRel);
                 }
-                let ack = ack.lock().map(|mut a| a.take()).unwrap_or_else(|p| p.into_inner().take());
+                let ack = ack
+                    .lock()
+                    .map(|mut a| a.take())
+                    .unwrap_or_else(|p| p.into_inner().take());
                 if let Some(ack) = ack {
                     (ack.0)(&outcomes);
                 }
@@ -255,12 +258,19 @@ mod tests {
         origin.delivered(1); // item 0
         assert!(seen.lock().unwrap().is_empty());
         origin.finish(1, Outcome::DeadLettered);
-        assert!(seen.lock().unwrap().is_empty(), "ack before the last descendant");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "ack before the last descendant"
+        );
         origin.finish(2, Outcome::Dropped);
         let seen = seen.lock().unwrap();
         assert_eq!(
             *seen,
-            vec![vec![Outcome::Delivered, Outcome::DeadLettered, Outcome::Dropped]]
+            vec![vec![
+                Outcome::Delivered,
+                Outcome::DeadLettered,
+                Outcome::Dropped
+            ]]
         );
         assert_eq!(ledger.emitted.load(Ordering::Relaxed), 3);
         assert_eq!(ledger.counts(), [1, 0, 1, 1, 0, 0]);
@@ -271,7 +281,11 @@ mod tests {
         let ledger = Arc::new(Ledger::default());
         let a = Origin::root(2, &ledger, None);
         let b = Origin::root(1, &ledger, None);
-        let d = Origin::derived(vec![(Arc::clone(&a), 0), (Arc::clone(&a), 1), (Arc::clone(&b), 0)]);
+        let d = Origin::derived(vec![
+            (Arc::clone(&a), 0),
+            (Arc::clone(&a), 1),
+            (Arc::clone(&b), 0),
+        ]);
         assert_eq!(ledger.counts().iter().sum::<u64>(), 0);
         d.finish(0, Outcome::Failed);
         assert_eq!(ledger.counts(), [0, 0, 0, 0, 3, 0]);

@@ -48,7 +48,6 @@ pub(crate) fn edge<T>(name: &str, capacity: usize, when_full: WhenFull) -> (Edge
     )
 }
 
-
 struct State<T> {
     queue: VecDeque<Batch<T>>,
     len: usize,
@@ -143,7 +142,6 @@ impl<T: Send + 'static> EdgeTx<T> {
     pub(crate) fn capacity(&self) -> usize {
         self.shared.capacity
     }
-
 
     /// Sends `batch`, applying the edge's [`WhenFull`] policy. With `Block` it waits
     /// for room, splitting the batch when only part of it fits.
@@ -331,12 +329,16 @@ impl<T> Drop for EdgeRx<T> {
 
 impl<T> std::fmt::Debug for EdgeTx<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EdgeTx").field("edge", &self.shared.name).finish()
+        f.debug_struct("EdgeTx")
+            .field("edge", &self.shared.name)
+            .finish()
     }
 }
 
 impl<T> std::fmt::Debug for EdgeRx<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EdgeRx").field("edge", &self.shared.name).finish()
+        f.debug_struct("EdgeRx")
+            .field("edge", &self.shared.name)
+            .finish()
     }
 }

@@ -13,7 +13,8 @@ use crate::stats::Kind;
 /// let pipeline = Pipeline::builder("demo")
 ///     .source(source::iter(0..3u64))
 ///     .stage(stage::map_fn("double", |n: u64| async move { Ok::<_, std::convert::Infallible>(n * 2) }))
-///     .sink(sink);
+///     .sink(sink)
+///     .build();
 /// let mermaid = pipeline.graph().to_mermaid();
 /// assert!(mermaid.contains("double"));
 /// # }

@@ -72,9 +72,7 @@ struct Metrics {
 
 impl Counters {
     pub(crate) fn new(pipeline: &str, name: &str, kind: Kind, concurrency: usize) -> Self {
-        let labels = |event: &'static str| {
-            ::metrics::counter!(ITEMS_TOTAL, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned(), "event" => event)
-        };
+        let labels = |event: &'static str| ::metrics::counter!(ITEMS_TOTAL, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned(), "event" => event);
         Counters {
             name: name.to_owned(),
             kind,
@@ -210,7 +208,11 @@ impl Counters {
             queue_depth: edge.0,
             capacity: edge.1,
             overflowed: edge.2,
-            rate: if secs > 0.0 { emitted as f64 / secs } else { 0.0 },
+            rate: if secs > 0.0 {
+                emitted as f64 / secs
+            } else {
+                0.0
+            },
         }
     }
 }

@@ -60,10 +60,18 @@ impl Sink for Logging {
 async fn ack_fires_after_every_descendant_is_written() {
     let log: Log = Arc::default();
     let report = Pipeline::builder("acks")
-        .source(Acked { next: 0, end: 30, log: Arc::clone(&log) })
+        .source(Acked {
+            next: 0,
+            end: 30,
+            log: Arc::clone(&log),
+        })
         // n -> [n*100, n*100+1]; multiples of 4 filtered (no children)
         .stage(stage::flat_map_fn("children", |n: u64| async move {
-            Ok::<_, Infallible>(if n % 4 == 0 { vec![] } else { vec![n * 100, n * 100 + 1] })
+            Ok::<_, Infallible>(if n % 4 == 0 {
+                vec![]
+            } else {
+                vec![n * 100, n * 100 + 1]
+            })
         }))
         .buffer(2)
         .sink(Logging(Arc::clone(&log)))
@@ -74,18 +82,31 @@ async fn ack_fires_after_every_descendant_is_written() {
     assert!(report.is_balanced());
     let log = log.lock().unwrap();
     for n in 0..30u64 {
-        let ack = log.iter().position(|l| l.starts_with(&format!("ack {n} "))).unwrap();
+        let ack = log
+            .iter()
+            .position(|l| l.starts_with(&format!("ack {n} ")))
+            .unwrap();
         if n % 4 == 0 {
             assert_eq!(log[ack], format!("ack {n} filtered"));
             continue;
         }
         assert_eq!(log[ack], format!("ack {n} delivered"));
         for child in [n * 100, n * 100 + 1] {
-            let write = log.iter().position(|l| *l == format!("write {child}")).unwrap();
-            assert!(write < ack, "item {n} acked before child {child} was written");
+            let write = log
+                .iter()
+                .position(|l| *l == format!("write {child}"))
+                .unwrap();
+            assert!(
+                write < ack,
+                "item {n} acked before child {child} was written"
+            );
         }
     }
-    assert_eq!(log.iter().filter(|l| l.starts_with("ack")).count(), 30, "one ack per item");
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("ack")).count(),
+        30,
+        "one ack per item"
+    );
 }
 
 #[derive(Debug)]
@@ -102,13 +123,21 @@ async fn worst_status_of_the_children_is_acked() {
     let log: Log = Arc::default();
     let (sink, _) = sink::collect::<u64>();
     let report = Pipeline::builder("worst")
-        .source(Acked { next: 0, end: 6, log: Arc::clone(&log) })
+        .source(Acked {
+            next: 0,
+            end: 6,
+            log: Arc::clone(&log),
+        })
         .stage(stage::flat_map_fn("pair", |n: u64| async move {
             Ok::<_, Infallible>(vec![n * 10, n * 10 + 1])
         }))
         // One child of each odd item fails and is dropped.
         .stage(stage::map_fn("check", |c: u64| async move {
-            if c % 10 == 1 && (c / 10) % 2 == 1 { Err(Bad) } else { Ok(c) }
+            if c % 10 == 1 && (c / 10) % 2 == 1 {
+                Err(Bad)
+            } else {
+                Ok(c)
+            }
         }))
         .on_error(OnError::Drop)
         .sink(sink)

@@ -51,11 +51,19 @@ async fn in_flight_stays_bounded_and_the_source_waits_for_a_slow_sink() {
     const CONCURRENCY: usize = 4;
     let pulled = Arc::new(AtomicU64::new(0));
     let handle = Pipeline::builder("slow")
-        .source(Counting { next: 0, end: N, pulled: Arc::clone(&pulled) })
-        .stage(stage::map_fn("a", |n: u64| async move { Ok::<_, Infallible>(n) }))
+        .source(Counting {
+            next: 0,
+            end: N,
+            pulled: Arc::clone(&pulled),
+        })
+        .stage(stage::map_fn("a", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
         .concurrency(CONCURRENCY)
         .buffer(CAP)
-        .stage(stage::map_fn("b", |n: u64| async move { Ok::<_, Infallible>(n) }))
+        .stage(stage::map_fn("b", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
         .buffer(CAP)
         .sink(Slow)
         .buffer(CAP)
@@ -76,9 +84,19 @@ async fn in_flight_stays_bounded_and_the_source_waits_for_a_slow_sink() {
         tokio::time::sleep(Duration::from_millis(3)).await;
         let stats = handle.stats();
         max_seen = max_seen.max(stats.in_flight);
-        assert!(stats.in_flight <= bound, "in flight {} > bound {bound}", stats.in_flight);
+        assert!(
+            stats.in_flight <= bound,
+            "in flight {} > bound {bound}",
+            stats.in_flight
+        );
         for s in &stats.stages {
-            assert!(s.queue_depth <= s.capacity.max(0), "{} queue {} > {}", s.name, s.queue_depth, s.capacity);
+            assert!(
+                s.queue_depth <= s.capacity.max(0),
+                "{} queue {} > {}",
+                s.name,
+                s.queue_depth,
+                s.capacity
+            );
         }
         // Backpressure reaches the source: it has pulled no more than what is finished
         // plus the bound.
@@ -92,7 +110,10 @@ async fn in_flight_stays_bounded_and_the_source_waits_for_a_slow_sink() {
     let report = handle.join().await.unwrap();
     assert_eq!(report.delivered, N);
     assert!(report.is_balanced());
-    assert!(samples > 100, "the sink was slow for long enough to sample ({samples})");
+    assert!(
+        samples > 100,
+        "the sink was slow for long enough to sample ({samples})"
+    );
     // The edges filled up: the pipeline really ran against its limits.
     assert!(max_seen >= 2 * CAP as u64, "max in flight {max_seen}");
     // At 10 ms per batch of at most 32, 20_000 items take at least 6 s of tokio time.
@@ -103,7 +124,9 @@ async fn in_flight_stays_bounded_and_the_source_waits_for_a_slow_sink() {
 async fn a_full_ingest_answers_try_send_with_full_and_send_waits() {
     let handle = Pipeline::builder("ingest")
         .ingest::<u64>(4)
-        .stage(stage::map_fn("id", |n: u64| async move { Ok::<_, Infallible>(n) }))
+        .stage(stage::map_fn("id", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
         .buffer(4)
         .sink(Slow)
         .buffer(4)

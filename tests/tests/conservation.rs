@@ -8,7 +8,6 @@ use std::time::Duration;
 use pipeline_core::prelude::*;
 use pipeline_core::{DeadLetter, Outcome};
 
-
 fn ok<T>(t: T) -> Result<T, Infallible> {
     Ok(t)
 }
@@ -29,10 +28,16 @@ async fn map_filter_flat_map_account_for_every_item() {
         .source(source::iter(0..10_000u64))
         .stage(stage::map_fn("inc", |n: u64| async move { ok(n + 1) }))
         // 1..=10_000; keep odd (5_000 filtered)
-        .stage(stage::filter_fn("odd", |n: u64| async move { ok((n % 2 == 1).then_some(n)) }))
+        .stage(stage::filter_fn("odd", |n: u64| async move {
+            ok((n % 2 == 1).then_some(n))
+        }))
         // each odd n -> n*10, n*10+1 (two children); multiples of 5 -> none
         .stage(stage::flat_map_fn("split", |n: u64| async move {
-            ok(if n % 5 == 0 { vec![] } else { vec![n * 10, n * 10 + 1] })
+            ok(if n % 5 == 0 {
+                vec![]
+            } else {
+                vec![n * 10, n * 10 + 1]
+            })
         }))
         .concurrency(4)
         .sink(sink)
@@ -87,7 +92,11 @@ async fn errors_are_dead_lettered_dropped_or_fail_the_pipeline() {
     assert_eq!(out.len(), 50);
     let letters = dead_out.take();
     assert_eq!(letters.len(), 50);
-    assert!(letters.iter().all(|d| d.stage == "even_only" && d.error.starts_with("odd input")));
+    assert!(
+        letters
+            .iter()
+            .all(|d| d.stage == "even_only" && d.error.starts_with("odd input"))
+    );
     assert_eq!((report.delivered, report.dead_lettered), (50, 50));
     assert!(report.is_balanced());
 
@@ -132,9 +141,11 @@ async fn tee_route_partition_merge_and_batch_conserve_items() {
         .merge(source::iter(3_000..5_000u64))
         .tee(|copy| copy.sink(all))
         .route(|n| *n >= 4_000, |b| b.sink(big))
-        .partition_by(4, |n| n % 7, |lane| {
-            lane.stage(stage::map_fn("lane", |n: u64| async move { ok(n) }))
-        })
+        .partition_by(
+            4,
+            |n| n % 7,
+            |lane| lane.stage(stage::map_fn("lane", |n: u64| async move { ok(n) })),
+        )
         .batch(64, Duration::from_millis(5))
         .sink(batches)
         .run()
@@ -185,7 +196,9 @@ async fn conservation_holds_on_a_multi_thread_runtime() {
         .stage(stage::map_fn("a", |n: u64| async move { ok(n) }))
         .concurrency(8)
         .buffer(64)
-        .stage(stage::filter_fn("b", |n: u64| async move { ok((n % 3 != 0).then_some(n)) }))
+        .stage(stage::filter_fn("b", |n: u64| async move {
+            ok((n % 3 != 0).then_some(n))
+        }))
         .ordered()
         .concurrency(3)
         .buffer(16)

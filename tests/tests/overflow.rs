@@ -23,7 +23,9 @@ async fn run_with(policy: WhenFull) -> (RunReport, Vec<DeadLetter>) {
     let (dead, dead_out) = sink::collect();
     let report = Pipeline::builder("overflow")
         .source(source::iter(0..10_000u64))
-        .stage(stage::map_fn("id", |n: u64| async move { Ok::<_, Infallible>(n) }))
+        .stage(stage::map_fn("id", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
         .sink(Slow(Duration::from_millis(10)))
         .buffer(16)
         .when_full(policy)
@@ -51,7 +53,10 @@ async fn dead_letter_overflow_goes_to_the_dead_letter_sink() {
     let (report, dead) = run_with(WhenFull::DeadLetter).await;
     assert!(report.dead_lettered > 0);
     assert_eq!(dead.len() as u64, report.dead_lettered);
-    assert!(dead.iter().all(|d| d.error == "edge full" && d.attempts == 0));
+    assert!(
+        dead.iter()
+            .all(|d| d.error == "edge full" && d.attempts == 0)
+    );
     assert_eq!(report.delivered + report.dead_lettered, 10_000);
 }
 
@@ -66,7 +71,11 @@ async fn a_slow_dropping_branch_does_not_stall_the_main_path() {
     let (fast, fast_out) = sink::collect::<u64>();
     let report = Pipeline::builder("tee")
         .source(source::iter(0..5_000u64))
-        .tee(|b| b.sink(Slow(Duration::from_secs(1))).buffer(8).when_full(WhenFull::DropNewest))
+        .tee(|b| {
+            b.sink(Slow(Duration::from_secs(1)))
+                .buffer(8)
+                .when_full(WhenFull::DropNewest)
+        })
         .sink(fast)
         .run()
         .await
@@ -75,6 +84,9 @@ async fn a_slow_dropping_branch_does_not_stall_the_main_path() {
     // The slow branch wrote a few batches at most; the rest of its copies were dropped,
     // so the items whose copy was dropped take `Dropped` (worst wins).
     assert!(report.dropped > 4_000, "{report}");
-    assert!(report.elapsed < Duration::from_secs(60), "the main path was not held back");
+    assert!(
+        report.elapsed < Duration::from_secs(60),
+        "the main path was not held back"
+    );
     assert!(report.is_balanced());
 }

@@ -5,14 +5,19 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use pipeline_core::prelude::*;
 use pipeline_core::Builder;
+use pipeline_core::prelude::*;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Step {
     /// Map with concurrency and an await that yields `yields` times; ordered or not.
-    Map { concurrency: usize, ordered: bool, capacity: usize, yields: u8 },
+    Map {
+        concurrency: usize,
+        ordered: bool,
+        capacity: usize,
+        yields: u8,
+    },
     /// Drop items whose id is divisible by `modulo`.
     Filter { modulo: u64, capacity: usize },
     /// Copy each item `copies` times (0 = filter it out).
@@ -21,9 +26,16 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (1usize..6, any::<bool>(), 1usize..40, 0u8..3).prop_map(|(concurrency, ordered, capacity, yields)| {
-            Step::Map { concurrency, ordered, capacity, yields }
-        }),
+        (1usize..6, any::<bool>(), 1usize..40, 0u8..3).prop_map(
+            |(concurrency, ordered, capacity, yields)| {
+                Step::Map {
+                    concurrency,
+                    ordered,
+                    capacity,
+                    yields,
+                }
+            }
+        ),
         (2u64..7, 1usize..40).prop_map(|(modulo, capacity)| Step::Filter { modulo, capacity }),
         (0u8..3, 1usize..40).prop_map(|(copies, capacity)| Step::Fan { copies, capacity }),
     ]
@@ -34,7 +46,12 @@ type Item = (u64, u32);
 
 fn apply(b: Builder<Item>, step: &Step) -> Builder<Item> {
     match *step {
-        Step::Map { concurrency, ordered, capacity, yields } => {
+        Step::Map {
+            concurrency,
+            ordered,
+            capacity,
+            yields,
+        } => {
             let b = b
                 .stage(stage::map_fn("map", move |item: Item| async move {
                     for _ in 0..(item.0 % u64::from(yields + 1)) {
@@ -79,7 +96,11 @@ fn expected(ids: &[u64], steps: &[Step]) -> BTreeMap<u64, usize> {
 
 fn keeps_order(steps: &[Step]) -> bool {
     steps.iter().all(|s| match s {
-        Step::Map { concurrency, ordered, .. } => *ordered || *concurrency == 1,
+        Step::Map {
+            concurrency,
+            ordered,
+            ..
+        } => *ordered || *concurrency == 1,
         _ => true,
     })
 }
@@ -154,14 +175,23 @@ async fn the_topology_renders_as_mermaid_and_dot() {
     let (b, _) = sink::collect::<u64>();
     let pipeline = Pipeline::builder("graph")
         .source(source::iter(0..1u64))
-        .stage(stage::map_fn("parse", |n: u64| async move { Ok::<_, Infallible>(n) }))
+        .stage(stage::map_fn("parse", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
         .buffer(7)
         .tee(|t| t.sink(a).name("audit"))
         .sink(b)
         .build();
     let mermaid = pipeline.graph().to_mermaid();
     assert!(mermaid.starts_with("flowchart LR"));
-    for name in ["parse", "tee", "audit", "collect", "iter", "dead_letter:log"] {
+    for name in [
+        "parse",
+        "tee",
+        "audit",
+        "collect",
+        "iter",
+        "dead_letter:log",
+    ] {
         assert!(mermaid.contains(name), "{name} missing:\n{mermaid}");
     }
     assert!(mermaid.contains("\"7 block\""), "{mermaid}");

@@ -75,8 +75,14 @@ fn endless(delay: Duration) -> (PipelineHandle, Probe) {
         late: Arc::default(),
     };
     let handle = Pipeline::builder("endless")
-        .source(Endless { next: 0, acked: Arc::clone(&p.acked), nacked: Arc::clone(&p.nacked) })
-        .stage(stage::map_fn("id", |n: u64| async move { Ok::<_, Infallible>(n) }))
+        .source(Endless {
+            next: 0,
+            acked: Arc::clone(&p.acked),
+            nacked: Arc::clone(&p.nacked),
+        })
+        .stage(stage::map_fn("id", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
         .concurrency(4)
         .buffer(64)
         .sink(Recording {
@@ -94,7 +100,10 @@ fn endless(delay: Duration) -> (PipelineHandle, Probe) {
 async fn generous_deadline_drains_everything() {
     let (handle, p) = endless(Duration::from_millis(1));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let report = handle.shutdown_within(Duration::from_secs(60)).await.unwrap();
+    let report = handle
+        .shutdown_within(Duration::from_secs(60))
+        .await
+        .unwrap();
     assert!(report.emitted > 0);
     assert_eq!(report.delivered, report.emitted, "{report}");
     assert_eq!(report.abandoned, 0);
@@ -107,13 +116,20 @@ async fn generous_deadline_drains_everything() {
 async fn tiny_deadline_abandons_the_rest_unacked() {
     let (handle, p) = endless(Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let report = handle.shutdown_within(Duration::from_millis(10)).await.unwrap();
+    let report = handle
+        .shutdown_within(Duration::from_millis(10))
+        .await
+        .unwrap();
     p.closed.store(true, Ordering::SeqCst);
     assert!(report.is_balanced(), "{report}");
     assert!(report.abandoned > 0, "{report}");
     assert_eq!(report.delivered, p.written.load(Ordering::SeqCst));
     assert_eq!(p.acked.load(Ordering::SeqCst), report.delivered);
-    assert_eq!(p.nacked.load(Ordering::SeqCst), report.abandoned, "abandoned items are not acked");
+    assert_eq!(
+        p.nacked.load(Ordering::SeqCst),
+        report.abandoned,
+        "abandoned items are not acked"
+    );
     // Nothing is written after shutdown returned.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!p.late.load(Ordering::SeqCst));
@@ -125,7 +141,9 @@ async fn shutdown_drains_items_already_accepted_by_ingest() {
     let (sink, out) = sink::collect::<u64>();
     let handle = Pipeline::builder("ingest")
         .ingest::<u64>(1_000)
-        .stage(stage::map_fn("id", |n: u64| async move { Ok::<_, Infallible>(n) }))
+        .stage(stage::map_fn("id", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
         .sink(sink)
         .spawn();
     let ingest = handle.ingest::<u64>().unwrap();
@@ -135,7 +153,10 @@ async fn shutdown_drains_items_already_accepted_by_ingest() {
     let report = handle.shutdown().await.unwrap();
     assert_eq!(out.len(), 500, "accepted items are processed, not lost");
     assert_eq!(report.delivered, 500);
-    assert!(ingest.send(1).await.is_err(), "a stopped pipeline refuses new items");
+    assert!(
+        ingest.send(1).await.is_err(),
+        "a stopped pipeline refuses new items"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -147,7 +168,10 @@ async fn the_host_signal_drives_shutdown() {
         tokio::time::sleep(Duration::from_millis(30)).await;
         fire.notify_one();
     });
-    let report = handle.shutdown_on(async move { signal.notified().await }).await.unwrap();
+    let report = handle
+        .shutdown_on(async move { signal.notified().await })
+        .await
+        .unwrap();
     assert!(report.emitted > 0);
     assert_eq!(report.delivered, report.emitted);
 }
@@ -158,7 +182,9 @@ async fn stats_and_health_describe_a_running_pipeline() {
     let w = Arc::clone(&written);
     let handle = Pipeline::builder("stats")
         .source(source::iter(0..1_000u64))
-        .stage(stage::map_fn("double", |n: u64| async move { Ok::<_, Infallible>(n * 2) }))
+        .stage(stage::map_fn("double", |n: u64| async move {
+            Ok::<_, Infallible>(n * 2)
+        }))
         .sink(sink::for_each(move |_n: u64| {
             let w = Arc::clone(&w);
             async move {
@@ -173,5 +199,8 @@ async fn stats_and_health_describe_a_running_pipeline() {
     let report = handle.join().await.unwrap();
     assert_eq!(*written.lock().unwrap(), 1_000);
     let double = report.stage("double").unwrap();
-    assert_eq!((double.received, double.emitted, double.in_flight), (1_000, 1_000, 0));
+    assert_eq!(
+        (double.received, double.emitted, double.in_flight),
+        (1_000, 1_000, 0)
+    );
 }

@@ -119,7 +119,8 @@ impl Core {
             tx.set_overflow(self.dead_tx.clone());
         }
         for from in upstream(self, tx) {
-            self.graph.edge(from, node, capacity, when_full_name(when_full));
+            self.graph
+                .edge(from, node, capacity, when_full_name(when_full));
         }
         rx
     }
@@ -142,22 +143,31 @@ pub struct PipelineBuilder {
 
 impl std::fmt::Debug for PipelineBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipelineBuilder").field("core", &self.core).finish()
+        f.debug_struct("PipelineBuilder")
+            .field("core", &self.core)
+            .finish()
     }
 }
 
 fn source_link<S: Source>(node: usize, source: S) -> Pending<S::Item> {
-    Box::new(move |core: &mut Core, _: StageOptions, tx: EdgeTx<S::Item>| {
-        let name = source.name().to_owned();
-        core.graph.rename(node, &name);
-        let counters = core.counters(&name, Kind::Source, 1);
-        core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: None });
-        let max = tx.capacity().min(MAX_BATCH);
-        let control = Arc::clone(&core.control);
-        core.tasks
-            .push((name, Box::pin(tasks::source(source, tx, max, control, counters))));
-        vec![node]
-    })
+    Box::new(
+        move |core: &mut Core, _: StageOptions, tx: EdgeTx<S::Item>| {
+            let name = source.name().to_owned();
+            core.graph.rename(node, &name);
+            let counters = core.counters(&name, Kind::Source, 1);
+            core.rows[node] = Some(Row {
+                counters: Arc::clone(&counters),
+                input: None,
+            });
+            let max = tx.capacity().min(MAX_BATCH);
+            let control = Arc::clone(&core.control);
+            core.tasks.push((
+                name,
+                Box::pin(tasks::source(source, tx, max, control, counters)),
+            ));
+            vec![node]
+        },
+    )
 }
 
 impl PipelineBuilder {
@@ -204,14 +214,22 @@ impl<T> std::fmt::Debug for Builder<T> {
 
 impl<T: Send + 'static> Builder<T> {
     /// Closes the pending element over its settings.
-    fn upstream(self) -> (Core, Option<Box<dyn FnOnce(&mut Core) + Send>>, impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize> + Send) {
+    fn upstream(
+        self,
+    ) -> (
+        Core,
+        Option<Box<dyn FnOnce(&mut Core) + Send>>,
+        impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize> + Send,
+    ) {
         let Builder {
             core,
             pending,
             settings,
             dead,
         } = self;
-        (core, dead, move |core: &mut Core, tx: EdgeTx<T>| pending(core, settings, tx))
+        (core, dead, move |core: &mut Core, tx: EdgeTx<T>| {
+            pending(core, settings, tx)
+        })
     }
 
     /// Adds a stage. Its input type must be `T`; the builder continues with what it emits.
@@ -227,7 +245,13 @@ impl<T: Send + 'static> Builder<T> {
             core.graph.rename(node, &name);
             let concurrency = opts.concurrency.unwrap_or(1).max(1);
             let capacity = opts.buffer.unwrap_or(DEFAULT_CAPACITY);
-            let rx = core.input(node, &name, capacity, opts.when_full.unwrap_or_default(), upstream);
+            let rx = core.input(
+                node,
+                &name,
+                capacity,
+                opts.when_full.unwrap_or_default(),
+                upstream,
+            );
             let counters = core.counters(&name, Kind::Stage, concurrency);
             if let Some(row) = core.rows.get_mut(node) {
                 *row = Some(Row {
@@ -303,12 +327,21 @@ impl<T: Send + 'static> Builder<T> {
         let pending: Pending<T> = Box::new(move |core, _settings, tx| {
             let rx = core.input(node, "tee", MAX_BATCH, WhenFull::Block, upstream);
             let counters = core.counters("tee", Kind::Router, 1);
-            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
+            core.rows[node] = Some(Row {
+                counters: Arc::clone(&counters),
+                input: Some(rx_probe(&rx)),
+            });
             let outputs: Vec<EdgeTx<T>> = take_slot(&branch_tx).into_iter().chain([tx]).collect();
-            core.tasks.push(("tee".into(), Box::pin(tasks::tee(rx, outputs, counters))));
+            core.tasks
+                .push(("tee".into(), Box::pin(tasks::tee(rx, outputs, counters))));
             vec![node]
         });
-        Builder { core, pending, settings: StageOptions::default(), dead }
+        Builder {
+            core,
+            pending,
+            settings: StageOptions::default(),
+            dead,
+        }
     }
 
     /// Sends the items for which `pred` is true into `branch` (which must end in a sink);
@@ -324,13 +357,24 @@ impl<T: Send + 'static> Builder<T> {
         let pending: Pending<T> = Box::new(move |core, _settings, tx| {
             let rx = core.input(node, "route", MAX_BATCH, WhenFull::Block, upstream);
             let counters = core.counters("route", Kind::Router, 1);
-            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
+            core.rows[node] = Some(Row {
+                counters: Arc::clone(&counters),
+                input: Some(rx_probe(&rx)),
+            });
             if let Some(matched) = take_slot(&branch_tx) {
-                core.tasks.push(("route".into(), Box::pin(tasks::route(rx, pred, matched, tx, counters))));
+                core.tasks.push((
+                    "route".into(),
+                    Box::pin(tasks::route(rx, pred, matched, tx, counters)),
+                ));
             }
             vec![node]
         });
-        Builder { core, pending, settings: StageOptions::default(), dead }
+        Builder {
+            core,
+            pending,
+            settings: StageOptions::default(),
+            dead,
+        }
     }
 
     /// Splits the stream into `lanes` lanes by `key`: items with equal keys take the same
@@ -355,10 +399,12 @@ impl<T: Send + 'static> Builder<T> {
             let fill = Arc::clone(&slot);
             let start = Builder {
                 core,
-                pending: Box::new(move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
-                    put_slot(&fill, tx);
-                    vec![node]
-                }),
+                pending: Box::new(
+                    move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
+                        put_slot(&fill, tx);
+                        vec![node]
+                    },
+                ),
                 settings: StageOptions::default(),
                 dead: None,
             };
@@ -375,11 +421,22 @@ impl<T: Send + 'static> Builder<T> {
             let txs: Vec<EdgeTx<T>> = slots.iter().filter_map(take_slot).collect();
             let rx = core.input(node, "partition", MAX_BATCH, WhenFull::Block, upstream);
             let counters = core.counters("partition", Kind::Router, 1);
-            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
-            core.tasks.push(("partition".into(), Box::pin(tasks::partition(rx, key, txs, counters))));
+            core.rows[node] = Some(Row {
+                counters: Arc::clone(&counters),
+                input: Some(rx_probe(&rx)),
+            });
+            core.tasks.push((
+                "partition".into(),
+                Box::pin(tasks::partition(rx, key, txs, counters)),
+            ));
             from
         });
-        Builder { core, pending, settings: StageOptions::default(), dead }
+        Builder {
+            core,
+            pending,
+            settings: StageOptions::default(),
+            dead,
+        }
     }
 
     /// Groups items into `Vec`s of up to `size`, emitted when full or `within` after a
@@ -391,30 +448,63 @@ impl<T: Send + 'static> Builder<T> {
             let name = settings.name.as_deref().unwrap_or("batch").to_owned();
             core.graph.rename(node, &name);
             let capacity = settings.buffer.unwrap_or(DEFAULT_CAPACITY);
-            let rx = core.input(node, &name, capacity, settings.when_full.unwrap_or_default(), upstream);
+            let rx = core.input(
+                node,
+                &name,
+                capacity,
+                settings.when_full.unwrap_or_default(),
+                upstream,
+            );
             let counters = core.counters(&name, Kind::Router, size);
-            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
-            core.tasks.push((name, Box::pin(tasks::batch(rx, tx, size, within, counters))));
+            core.rows[node] = Some(Row {
+                counters: Arc::clone(&counters),
+                input: Some(rx_probe(&rx)),
+            });
+            core.tasks
+                .push((name, Box::pin(tasks::batch(rx, tx, size, within, counters))));
             vec![node]
         });
-        Builder { core, pending, settings: StageOptions::default(), dead }
+        Builder {
+            core,
+            pending,
+            settings: StageOptions::default(),
+            dead,
+        }
     }
 
     /// Ends the chain in `sink`.
     pub fn sink<K: Sink<Item = T>>(mut self, sink: K) -> Ready {
         let node = self.core.reserve("sink", Kind::Sink);
         let (core, dead, upstream) = self.upstream();
-        let finish: Box<dyn FnOnce(&mut Core, StageOptions) + Send> = Box::new(move |core, settings| {
-            let name = settings.name.as_deref().unwrap_or(sink.name()).to_owned();
-            core.graph.rename(node, &name);
-            let capacity = settings.buffer.unwrap_or(DEFAULT_CAPACITY);
-            let rx = core.input(node, &name, capacity, settings.when_full.unwrap_or_default(), upstream);
-            let counters = core.counters(&name, Kind::Sink, 1);
-            core.rows[node] = Some(Row { counters: Arc::clone(&counters), input: Some(rx_probe(&rx)) });
-            let dead_tx = Some(core.dead_tx.clone());
-            core.tasks.push((name, Box::pin(tasks::sink(sink, rx, dead_tx, SinkRole::Output, counters))));
-        });
-        Ready { core, finish, settings: StageOptions::default(), dead }
+        let finish: Box<dyn FnOnce(&mut Core, StageOptions) + Send> =
+            Box::new(move |core, settings| {
+                let name = settings.name.as_deref().unwrap_or(sink.name()).to_owned();
+                core.graph.rename(node, &name);
+                let capacity = settings.buffer.unwrap_or(DEFAULT_CAPACITY);
+                let rx = core.input(
+                    node,
+                    &name,
+                    capacity,
+                    settings.when_full.unwrap_or_default(),
+                    upstream,
+                );
+                let counters = core.counters(&name, Kind::Sink, 1);
+                core.rows[node] = Some(Row {
+                    counters: Arc::clone(&counters),
+                    input: Some(rx_probe(&rx)),
+                });
+                let dead_tx = Some(core.dead_tx.clone());
+                core.tasks.push((
+                    name,
+                    Box::pin(tasks::sink(sink, rx, dead_tx, SinkRole::Output, counters)),
+                ));
+            });
+        Ready {
+            core,
+            finish,
+            settings: StageOptions::default(),
+            dead,
+        }
     }
 
     /// Names the element added last.
@@ -515,16 +605,21 @@ fn split_off<T: Send + 'static>(
     let fill = Arc::clone(&slot);
     let start = Builder {
         core,
-        pending: Box::new(move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
-            put_slot(&fill, tx);
-            vec![node]
-        }),
+        pending: Box::new(
+            move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
+                put_slot(&fill, tx);
+                vec![node]
+            },
+        ),
         settings: StageOptions::default(),
         dead: None,
     };
     let ready = branch(start);
     let Ready {
-        mut core, finish, settings, ..
+        mut core,
+        finish,
+        settings,
+        ..
     } = ready;
     finish(&mut core, settings);
     (core, slot)
@@ -574,7 +669,9 @@ impl Ready {
     /// Where dead letters go (default: [`sink::log`], a `warn` event each). An item is
     /// `DeadLettered` once this sink confirmed its record; if the write fails, `Failed`.
     pub fn dead_letter<K: Sink<Item = DeadLetter>>(mut self, sink: K) -> Self {
-        self.dead = Some(Box::new(move |core: &mut Core| dead_letter_task(core, sink)));
+        self.dead = Some(Box::new(move |core: &mut Core| {
+            dead_letter_task(core, sink)
+        }));
         self
     }
 
@@ -621,6 +718,8 @@ fn dead_letter_task<K: Sink<Item = DeadLetter>>(core: &mut Core, sink: K) {
         counters: Arc::clone(&counters),
         input: Some(rx.probe()),
     });
-    core.tasks
-        .push((name, Box::pin(tasks::sink(sink, rx, None, SinkRole::DeadLetter, counters))));
+    core.tasks.push((
+        name,
+        Box::pin(tasks::sink(sink, rx, None, SinkRole::DeadLetter, counters)),
+    ));
 }

@@ -13,9 +13,9 @@ use tracing::Instrument;
 use super::builder::Pipeline;
 use super::report::{PipelineError, RunReport};
 use super::{Control, Row};
+use crate::ack::Outcome;
 use crate::source::Ingest;
 use crate::stats::{OUTCOMES_TOTAL, Stats};
-use crate::ack::Outcome;
 
 /// The default deadline of [`PipelineHandle::shutdown`].
 pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
@@ -139,7 +139,10 @@ impl PipelineHandle {
     pub async fn shutdown_within(mut self, deadline: Duration) -> Result<RunReport, PipelineError> {
         self.ingest = None;
         self.control.stop.cancel();
-        if tokio::time::timeout(deadline, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(pipeline = %self.control.name, ?deadline, "shutdown deadline passed; abandoning what is in flight");
             for task in &self.aborts {
                 task.abort();
@@ -165,7 +168,10 @@ impl PipelineHandle {
     /// # Errors
     ///
     /// As [`join`](Self::join).
-    pub async fn shutdown_on(self, signal: impl Future<Output = ()>) -> Result<RunReport, PipelineError> {
+    pub async fn shutdown_on(
+        self,
+        signal: impl Future<Output = ()>,
+    ) -> Result<RunReport, PipelineError> {
         tokio::select! {
             () = self.tracker.wait() => {}
             () = signal => {}
@@ -215,7 +221,10 @@ impl PipelineHandle {
 }
 
 fn snapshot(control: &Control, rows: &[Row], uptime: Duration) -> Stats {
-    let emitted = control.ledger.emitted.load(std::sync::atomic::Ordering::Acquire);
+    let emitted = control
+        .ledger
+        .emitted
+        .load(std::sync::atomic::Ordering::Acquire);
     let finished: u64 = control.ledger.counts().iter().sum();
     Stats {
         uptime,

@@ -79,7 +79,11 @@ impl fmt::Display for RunReport {
             self.dead_lettered,
             self.failed,
             self.abandoned,
-            if self.is_balanced() { "" } else { "  (UNBALANCED)" }
+            if self.is_balanced() {
+                ""
+            } else {
+                "  (UNBALANCED)"
+            }
         )?;
         writeln!(
             f,

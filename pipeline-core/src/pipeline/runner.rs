@@ -260,7 +260,9 @@ impl<S: Stage> StageTask<S> {
                         input = Some(batch);
                     }
                     let Some(batch) = input.as_mut() else { break };
-                    let Some((idx, item)) = batch.pop() else { continue };
+                    let Some((idx, item)) = batch.pop() else {
+                        continue;
+                    };
                     let claim = Claimed::new(batch.origin(), idx);
                     running.push(call(claim, item));
                 }

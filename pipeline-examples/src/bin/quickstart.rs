@@ -23,7 +23,11 @@ impl pipeline_core::sink::Sink for SlowPrinter {
         tokio::time::sleep(Duration::from_millis(5)).await;
         self.written += items.len();
         if let Some(last) = items.last() {
-            println!("sink: wrote {:>3} words (total {:>4}), last {last:?}", items.len(), self.written);
+            println!(
+                "sink: wrote {:>3} words (total {:>4}), last {last:?}",
+                items.len(),
+                self.written
+            );
         }
         items.clear();
         Ok(())
@@ -38,7 +42,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .source(source::iter(lines))
         // Filter: keep every other line.
         .stage(stage::filter_fn("keep_even", |line: String| async move {
-            let n: u32 = line.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(1);
+            let n: u32 = line
+                .split(' ')
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
             Ok::<_, Infallible>((n % 2 == 0).then_some(line))
         }))
         // Flat-map: one item per word.
