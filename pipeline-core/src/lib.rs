@@ -71,6 +71,9 @@ pub mod sink;
 pub mod source;
 pub mod stage;
 pub mod stats;
+pub mod supervise;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -82,11 +85,10 @@ pub use dead_letter::DeadLetter;
 pub use error::BoxError;
 pub use options::{OnError, StageOptions, WhenFull};
 pub use pipeline::{
-    Builder, DEFAULT_SHUTDOWN_DEADLINE, Health, Pipeline, PipelineBuilder, PipelineError, PipelineHandle, Ready, RunReport,
-    StageFailure,
+    Builder, DEFAULT_SHUTDOWN_DEADLINE, Health, Pipeline, PipelineBuilder, PipelineError,
+    PipelineHandle, Ready, RunReport, StageFailure, StageStats, Stats,
 };
 pub use stage::{Emitted, Filter, FlatMap, Map, Shape, Stage};
-pub use stats::{StageStats, Stats};
 #[cfg(feature = "macros")]
 pub use pipeline_macros::stage;
 

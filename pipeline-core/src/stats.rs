@@ -13,11 +13,13 @@
 //! | `pipeline_queue_depth` | gauge | `pipeline`, `stage` | items waiting in the stage's input edge |
 //! | `pipeline_in_flight` | gauge | `pipeline`, `stage` | items inside the stage |
 //! | `pipeline_source_errors_total` | counter | `pipeline`, `stage` | failed pulls of a source |
+//! | `pipeline_restarts_total` | counter | `pipeline`, `stage` | stage restarts after a panic |
+//! | `pipeline_retries_total`, `pipeline_timeouts_total`, `pipeline_panics_total`, ... | counter | `stage` | policy events; see [`policy`](crate::policy) |
+//! | `pipeline_breaker_state` | gauge | `stage` | 0 closed, 1 open, 2 half-open |
 //!
-//! The [`Stats`] snapshot needs no exporter.
+//! The [`Stats`](crate::Stats) snapshot needs no exporter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use ::metrics::{Counter, Gauge};
 
@@ -29,6 +31,8 @@ pub const OUTCOMES_TOTAL: &str = "pipeline_outcomes_total";
 pub const QUEUE_DEPTH: &str = "pipeline_queue_depth";
 /// Metric name: items inside a stage.
 pub const IN_FLIGHT: &str = "pipeline_in_flight";
+/// Metric name: restarts of a stage after a panic.
+pub const RESTARTS_TOTAL: &str = "pipeline_restarts_total";
 /// Metric name: failed pulls of a source.
 pub const SOURCE_ERRORS_TOTAL: &str = "pipeline_source_errors_total";
 
@@ -58,6 +62,7 @@ pub(crate) struct Counters {
     pub(crate) emitted: AtomicU64,
     pub(crate) filtered: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) restarts: AtomicU64,
     metrics: Metrics,
 }
 
@@ -67,6 +72,7 @@ struct Metrics {
     emitted: Counter,
     filtered: Counter,
     errored: Counter,
+    restarts: Counter,
     in_flight: Gauge,
 }
 
@@ -82,11 +88,13 @@ impl Counters {
             emitted: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
             metrics: Metrics {
                 received: labels("received"),
                 emitted: labels("emitted"),
                 filtered: labels("filtered"),
                 errored: labels("errored"),
+                restarts: ::metrics::counter!(RESTARTS_TOTAL, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
                 in_flight: ::metrics::gauge!(IN_FLIGHT, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
             },
         }
@@ -125,6 +133,11 @@ impl Counters {
         }
     }
 
+    pub(crate) fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        self.metrics.restarts.increment(1);
+    }
+
     #[inline]
     pub(crate) fn errors(&self, n: usize) {
         if n > 0 {
@@ -134,85 +147,3 @@ impl Counters {
     }
 }
 
-/// A live snapshot of a running pipeline, from [`PipelineHandle::stats`](crate::PipelineHandle::stats).
-#[derive(Debug, Clone, serde::Serialize)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Time since the pipeline started.
-    pub uptime: Duration,
-    /// Source items emitted so far.
-    pub emitted: u64,
-    /// Source items with a final outcome so far.
-    pub finished: u64,
-    /// Source items emitted and not yet finished.
-    pub in_flight: u64,
-    /// One row per element, sources first, in build order.
-    pub stages: Vec<StageStats>,
-}
-
-impl Stats {
-    /// The row of the element named `name`.
-    pub fn stage(&self, name: &str) -> Option<&StageStats> {
-        self.stages.iter().find(|s| s.name == name)
-    }
-}
-
-/// One element's numbers in a [`Stats`] snapshot.
-#[derive(Debug, Clone, serde::Serialize)]
-#[non_exhaustive]
-pub struct StageStats {
-    /// The element's name.
-    pub name: String,
-    /// What it is.
-    pub kind: Kind,
-    /// Items taken from the input edge.
-    pub received: u64,
-    /// Items fully handled (calls finished, written, or routed).
-    pub completed: u64,
-    /// Items sent downstream (or written, for sinks).
-    pub emitted: u64,
-    /// Items filtered out.
-    pub filtered: u64,
-    /// Items that failed (after retries) or failed to write.
-    pub errors: u64,
-    /// Items inside the element now (`received - completed`).
-    pub in_flight: u64,
-    /// Configured concurrency.
-    pub concurrency: usize,
-    /// Items waiting in the input edge now.
-    pub queue_depth: usize,
-    /// Capacity of the input edge, in items.
-    pub capacity: usize,
-    /// Items the input edge's overflow policy dropped or dead-lettered.
-    pub overflowed: u64,
-    /// Emitted items per second, averaged over the uptime.
-    pub rate: f64,
-}
-
-impl Counters {
-    pub(crate) fn snapshot(&self, edge: (usize, usize, u64), uptime: Duration) -> StageStats {
-        let received = self.received.load(Ordering::Relaxed);
-        let completed = self.completed.load(Ordering::Relaxed);
-        let emitted = self.emitted.load(Ordering::Relaxed);
-        let secs = uptime.as_secs_f64();
-        StageStats {
-            name: self.name.clone(),
-            kind: self.kind,
-            received,
-            completed,
-            emitted,
-            filtered: self.filtered.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            in_flight: received.saturating_sub(completed),
-            concurrency: self.concurrency,
-            queue_depth: edge.0,
-            capacity: edge.1,
-            overflowed: edge.2,
-            rate: if secs > 0.0 {
-                emitted as f64 / secs
-            } else {
-                0.0
-            },
-        }
-    }
-}

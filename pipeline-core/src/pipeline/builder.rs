@@ -25,6 +25,7 @@ use crate::options::{
 };
 use crate::sink::{self, Sink};
 use crate::source::{self, Source};
+use crate::policy::Policies;
 use crate::stage::{Emitted, Stage};
 use crate::stats::{Counters, Kind};
 
@@ -155,10 +156,7 @@ fn source_link<S: Source>(node: usize, source: S) -> Pending<S::Item> {
             let name = source.name().to_owned();
             core.graph.rename(node, &name);
             let counters = core.counters(&name, Kind::Source, 1);
-            core.rows[node] = Some(Row {
-                counters: Arc::clone(&counters),
-                input: None,
-            });
+            core.rows[node] = Some(Row::new(Arc::clone(&counters), None));
             let max = tx.capacity().min(MAX_BATCH);
             let control = Arc::clone(&core.control);
             core.tasks.push((
@@ -233,7 +231,16 @@ impl<T: Send + 'static> Builder<T> {
     }
 
     /// Adds a stage. Its input type must be `T`; the builder continues with what it emits.
-    pub fn stage<S: Stage<In = T>>(mut self, stage: S) -> Builder<Emitted<S>> {
+    ///
+    /// The stage runs inside the policies its options declare (timeout, retry, breaker,
+    /// rate limit; panics are always caught), in the fixed order of [`crate::policy`].
+    /// Items are `Clone` so that a retry can call the stage again with the same input:
+    /// the clone happens only for attempts that may be retried. Wrap a payload that cannot
+    /// be cloned in an `Arc`.
+    pub fn stage<S: Stage<In = T>>(mut self, stage: S) -> Builder<Emitted<S>>
+    where
+        T: Clone,
+    {
         let node = self.core.reserve("stage", Kind::Stage);
         let (core, dead, upstream) = self.upstream();
         let pending: Pending<Emitted<S>> = Box::new(move |core, settings, tx| {
@@ -253,14 +260,18 @@ impl<T: Send + 'static> Builder<T> {
                 upstream,
             );
             let counters = core.counters(&name, Kind::Stage, concurrency);
+            let stage = Policies::new(stage, &opts);
             if let Some(row) = core.rows.get_mut(node) {
                 *row = Some(Row {
                     counters: Arc::clone(&counters),
                     input: Some(rx_probe(&rx)),
+                    policy: Some(Arc::clone(stage.counters())),
+                    breaker: stage.breaker().cloned(),
                 });
             }
             let task = StageTask {
                 stage,
+                restart: opts.restart,
                 name: Arc::clone(&name),
                 tx,
                 dead_tx: core.dead_tx.clone(),
@@ -285,6 +296,7 @@ impl<T: Send + 'static> Builder<T> {
     /// [`stage::map_fn`](crate::stage::map_fn).
     pub fn stage_fn<F, O, E, Fut>(self, name: &'static str, f: F) -> Builder<O>
     where
+        T: Clone,
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send,
         O: Send + 'static,
@@ -327,10 +339,7 @@ impl<T: Send + 'static> Builder<T> {
         let pending: Pending<T> = Box::new(move |core, _settings, tx| {
             let rx = core.input(node, "tee", MAX_BATCH, WhenFull::Block, upstream);
             let counters = core.counters("tee", Kind::Router, 1);
-            core.rows[node] = Some(Row {
-                counters: Arc::clone(&counters),
-                input: Some(rx_probe(&rx)),
-            });
+            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
             let outputs: Vec<EdgeTx<T>> = take_slot(&branch_tx).into_iter().chain([tx]).collect();
             core.tasks
                 .push(("tee".into(), Box::pin(tasks::tee(rx, outputs, counters))));
@@ -357,10 +366,7 @@ impl<T: Send + 'static> Builder<T> {
         let pending: Pending<T> = Box::new(move |core, _settings, tx| {
             let rx = core.input(node, "route", MAX_BATCH, WhenFull::Block, upstream);
             let counters = core.counters("route", Kind::Router, 1);
-            core.rows[node] = Some(Row {
-                counters: Arc::clone(&counters),
-                input: Some(rx_probe(&rx)),
-            });
+            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
             if let Some(matched) = take_slot(&branch_tx) {
                 core.tasks.push((
                     "route".into(),
@@ -421,10 +427,7 @@ impl<T: Send + 'static> Builder<T> {
             let txs: Vec<EdgeTx<T>> = slots.iter().filter_map(take_slot).collect();
             let rx = core.input(node, "partition", MAX_BATCH, WhenFull::Block, upstream);
             let counters = core.counters("partition", Kind::Router, 1);
-            core.rows[node] = Some(Row {
-                counters: Arc::clone(&counters),
-                input: Some(rx_probe(&rx)),
-            });
+            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
             core.tasks.push((
                 "partition".into(),
                 Box::pin(tasks::partition(rx, key, txs, counters)),
@@ -456,10 +459,7 @@ impl<T: Send + 'static> Builder<T> {
                 upstream,
             );
             let counters = core.counters(&name, Kind::Router, size);
-            core.rows[node] = Some(Row {
-                counters: Arc::clone(&counters),
-                input: Some(rx_probe(&rx)),
-            });
+            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
             core.tasks
                 .push((name, Box::pin(tasks::batch(rx, tx, size, within, counters))));
             vec![node]
@@ -489,10 +489,7 @@ impl<T: Send + 'static> Builder<T> {
                     upstream,
                 );
                 let counters = core.counters(&name, Kind::Sink, 1);
-                core.rows[node] = Some(Row {
-                    counters: Arc::clone(&counters),
-                    input: Some(rx_probe(&rx)),
-                });
+                core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
                 let dead_tx = Some(core.dead_tx.clone());
                 core.tasks.push((
                     name,
@@ -714,10 +711,7 @@ fn dead_letter_task<K: Sink<Item = DeadLetter>>(core: &mut Core, sink: K) {
     let name = format!("dead_letter:{}", sink.name());
     core.graph.rename(0, &name);
     let counters = core.counters(&name, Kind::DeadLetter, 1);
-    core.rows[0] = Some(Row {
-        counters: Arc::clone(&counters),
-        input: Some(rx.probe()),
-    });
+    core.rows[0] = Some(Row::new(Arc::clone(&counters), Some(rx.probe())));
     core.tasks.push((
         name,
         Box::pin(tasks::sink(sink, rx, None, SinkRole::DeadLetter, counters)),

@@ -11,11 +11,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::builder::Pipeline;
-use super::report::{PipelineError, RunReport};
+use super::report::{PipelineError, RunReport, Stats, snapshot};
 use super::{Control, Row};
 use crate::ack::Outcome;
 use crate::source::Ingest;
-use crate::stats::{OUTCOMES_TOTAL, Stats};
+use crate::stats::OUTCOMES_TOTAL;
 
 /// The default deadline of [`PipelineHandle::shutdown`].
 pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
@@ -25,6 +25,9 @@ pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 pub enum Health {
     /// Running normally.
     Running,
+    /// Running, but a circuit breaker is open or half-open: a dependency is down and
+    /// the stage waits (or fails fast).
+    Degraded,
     /// Stopping: a shutdown was asked for or a stage failed.
     Stopping,
     /// Every task has ended.
@@ -102,6 +105,12 @@ impl PipelineHandle {
             Health::Finished
         } else if self.control.stop.is_cancelled() {
             Health::Stopping
+        } else if self.rows.iter().any(|r| {
+            r.breaker
+                .as_ref()
+                .is_some_and(|b| b.state() != crate::policy::BreakerState::Closed)
+        }) {
+            Health::Degraded
         } else {
             Health::Running
         }
@@ -217,26 +226,5 @@ impl PipelineHandle {
                 report: Box::new(report),
             }),
         }
-    }
-}
-
-fn snapshot(control: &Control, rows: &[Row], uptime: Duration) -> Stats {
-    let emitted = control
-        .ledger
-        .emitted
-        .load(std::sync::atomic::Ordering::Acquire);
-    let finished: u64 = control.ledger.counts().iter().sum();
-    Stats {
-        uptime,
-        emitted,
-        finished,
-        in_flight: emitted.saturating_sub(finished),
-        stages: rows
-            .iter()
-            .map(|row| {
-                let edge = row.input.as_ref().map_or((0, 0, 0), |p| p.read());
-                row.counters.snapshot(edge, uptime)
-            })
-            .collect(),
     }
 }

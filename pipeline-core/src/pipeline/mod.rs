@@ -21,7 +21,7 @@ use crate::stats::Counters;
 
 pub use builder::{Builder, Pipeline, PipelineBuilder, Ready};
 pub use handle::{DEFAULT_SHUTDOWN_DEADLINE, Health, PipelineHandle};
-pub use report::{PipelineError, RunReport, StageFailure};
+pub use report::{PipelineError, RunReport, StageFailure, StageStats, Stats};
 
 /// Items per message between tasks, at most. Batches are whatever is ready, never padded.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -60,6 +60,21 @@ impl Control {
 pub(crate) struct Row {
     pub(crate) counters: Arc<Counters>,
     pub(crate) input: Option<EdgeProbe>,
+    /// A stage's policy event counters.
+    pub(crate) policy: Option<Arc<crate::policy::Counters>>,
+    /// A stage's circuit breaker.
+    pub(crate) breaker: Option<Arc<crate::policy::CircuitBreaker>>,
+}
+
+impl Row {
+    pub(crate) fn new(counters: Arc<Counters>, input: Option<EdgeProbe>) -> Self {
+        Row {
+            counters,
+            input,
+            policy: None,
+            breaker: None,
+        }
+    }
 }
 
 pub(crate) type Task = (String, BoxFuture<'static, ()>);

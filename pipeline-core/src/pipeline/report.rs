@@ -3,8 +3,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
+use super::{Control, Row};
 use crate::ack::Outcome;
-use crate::stats::StageStats;
+use crate::policy::BreakerState;
+use crate::stats::Kind;
 
 /// What a finished run did. The outcome counts are in **source items** and form the
 /// conservation ledger: `emitted == delivered + filtered + dropped + dead_lettered +
@@ -128,4 +132,122 @@ pub struct PipelineError {
     pub failure: StageFailure,
     /// Everything the run did.
     pub report: Box<RunReport>,
+}
+
+/// A live snapshot of a running pipeline, from
+/// [`PipelineHandle::stats`](crate::PipelineHandle::stats).
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Time since the pipeline started.
+    pub uptime: Duration,
+    /// Source items emitted so far.
+    pub emitted: u64,
+    /// Source items with a final outcome so far.
+    pub finished: u64,
+    /// Source items emitted and not yet finished.
+    pub in_flight: u64,
+    /// One row per element in build order (the dead-letter sink first).
+    pub stages: Vec<StageStats>,
+}
+
+impl Stats {
+    /// The row of the element named `name`.
+    pub fn stage(&self, name: &str) -> Option<&StageStats> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+/// One element's numbers in a [`Stats`] snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct StageStats {
+    /// The element's name.
+    pub name: String,
+    /// What it is.
+    pub kind: Kind,
+    /// Items taken from the input edge.
+    pub received: u64,
+    /// Items fully handled (calls finished, written, or routed).
+    pub completed: u64,
+    /// Items sent downstream (or written, for sinks).
+    pub emitted: u64,
+    /// Items filtered out.
+    pub filtered: u64,
+    /// Items that failed (after retries) or failed to write.
+    pub errors: u64,
+    /// Items inside the element now (`received - completed`).
+    pub in_flight: u64,
+    /// Configured concurrency.
+    pub concurrency: usize,
+    /// Items waiting in the input edge now.
+    pub queue_depth: usize,
+    /// Capacity of the input edge, in items.
+    pub capacity: usize,
+    /// Items the input edge's overflow policy dropped or dead-lettered.
+    pub overflowed: u64,
+    /// Emitted items per second, averaged over the uptime.
+    pub rate: f64,
+    /// Retried attempts.
+    pub retries: u64,
+    /// Attempts that timed out.
+    pub timeouts: u64,
+    /// Attempts that panicked.
+    pub panics: u64,
+    /// Restarts after a panic.
+    pub restarts: u64,
+    /// The circuit breaker's state, if the stage has one.
+    #[serde(serialize_with = "breaker_name")]
+    pub breaker: Option<BreakerState>,
+}
+
+fn breaker_name<S: serde::Serializer>(state: &Option<BreakerState>, s: S) -> Result<S::Ok, S::Error> {
+    match state {
+        None => s.serialize_none(),
+        Some(BreakerState::Closed) => s.serialize_str("closed"),
+        Some(BreakerState::Open) => s.serialize_str("open"),
+        Some(BreakerState::HalfOpen) => s.serialize_str("half_open"),
+    }
+}
+
+pub(crate) fn snapshot(control: &Control, rows: &[Row], uptime: Duration) -> Stats {
+    let emitted = control.ledger.emitted.load(Ordering::Acquire);
+    let finished: u64 = control.ledger.counts().iter().sum();
+    Stats {
+        uptime,
+        emitted,
+        finished,
+        in_flight: emitted.saturating_sub(finished),
+        stages: rows.iter().map(|row| stage_stats(row, uptime)).collect(),
+    }
+}
+
+fn stage_stats(row: &Row, uptime: Duration) -> StageStats {
+    let c = &row.counters;
+    let (queue_depth, capacity, overflowed) = row.input.as_ref().map_or((0, 0, 0), |p| p.read());
+    let policy = row.policy.as_ref().map(|p| p.snapshot()).unwrap_or_default();
+    let received = c.received.load(Ordering::Relaxed);
+    let completed = c.completed.load(Ordering::Relaxed);
+    let emitted = c.emitted.load(Ordering::Relaxed);
+    let secs = uptime.as_secs_f64();
+    StageStats {
+        name: c.name.clone(),
+        kind: c.kind,
+        received,
+        completed,
+        emitted,
+        filtered: c.filtered.load(Ordering::Relaxed),
+        errors: c.errors.load(Ordering::Relaxed),
+        in_flight: received.saturating_sub(completed),
+        concurrency: c.concurrency,
+        queue_depth,
+        capacity,
+        overflowed,
+        rate: if secs > 0.0 { emitted as f64 / secs } else { 0.0 },
+        retries: policy.retries,
+        timeouts: policy.timeouts,
+        panics: policy.panics,
+        restarts: c.restarts.load(Ordering::Relaxed),
+        breaker: row.breaker.as_ref().map(|b| b.state()),
+    }
 }

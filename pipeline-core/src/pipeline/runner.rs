@@ -16,9 +16,11 @@ use crate::dead_letter::DeadLetter;
 use crate::edge::{EdgeRx, EdgeTx};
 use crate::envelope::Batch;
 use crate::error::chain;
-use crate::options::OnError;
+use crate::options::{OnError, RestartOptions};
+use crate::policy::{Failure, Policies, RetryOutcome};
 use crate::stage::{Emitted, Shape, Stage};
 use crate::stats::Counters;
+use crate::supervise::{Supervisor, Verdict};
 
 /// Items leaving a task, grouped by origin, sent as batches.
 pub(crate) struct Outbox<T> {
@@ -122,7 +124,8 @@ impl<F: Future> Stream for InFlight<F> {
 
 /// Everything a stage task owns.
 pub(crate) struct StageTask<S: Stage> {
-    pub(crate) stage: S,
+    pub(crate) stage: Policies<S>,
+    pub(crate) restart: Option<RestartOptions>,
     pub(crate) name: Arc<str>,
     pub(crate) tx: EdgeTx<Emitted<S>>,
     pub(crate) dead_tx: EdgeTx<DeadLetter>,
@@ -141,21 +144,25 @@ struct Tally {
     errors: usize,
 }
 
+type Outcome_<S> = RetryOutcome<<S as Stage>::Output, Failure<<S as Stage>::Error>>;
+
 /// Where the results of calls go.
 struct Results<'a, S: Stage> {
     task: &'a StageTask<S>,
     out: Outbox<Emitted<S>>,
     dead: Outbox<DeadLetter>,
     tally: Tally,
+    supervisor: Supervisor,
+    panics_seen: u64,
 }
 
 impl<S: Stage> Results<'_, S> {
     /// Routes one call's result; flat-map children beyond a batch are sent as room allows.
-    async fn settle(&mut self, mut claim: Claimed, result: Result<S::Output, S::Error>) {
+    async fn settle(&mut self, mut claim: Claimed, outcome: Outcome_<S>) {
         claim.settled = true;
         self.tally.completed += 1;
         let (origin, idx) = (&claim.origin, claim.idx);
-        match result {
+        match outcome.result {
             Ok(output) => {
                 let mut items = <S::Shape as Shape<S::Output>>::items(output);
                 let Some(first) = items.next() else {
@@ -173,18 +180,32 @@ impl<S: Stage> Results<'_, S> {
                     }
                 }
             }
-            Err(error) => self.fail(origin, idx, &error),
+            Err(error) => {
+                let first = outcome.first_failure;
+                self.fail(origin, idx, &error, outcome.attempts, first);
+            }
         }
     }
 
-    fn fail(&mut self, origin: &Arc<Origin>, idx: u32, error: &S::Error) {
+    fn fail(
+        &mut self,
+        origin: &Arc<Origin>,
+        idx: u32,
+        error: &Failure<S::Error>,
+        attempts: u32,
+        first_failure: Option<tokio::time::Instant>,
+    ) {
         self.tally.errors += 1;
         let task = self.task;
         let text = chain(error);
         match task.on_error {
             OnError::DeadLetter => {
-                tracing::warn!(stage = %task.name, error = %text, "item dead-lettered");
-                let record = DeadLetter::new(&*task.name, text, 1);
+                tracing::warn!(stage = %task.name, error = %text, attempts, "item dead-lettered");
+                let mut record = DeadLetter::new(&*task.name, text, attempts);
+                if let Some(first) = first_failure {
+                    let ago = tokio::time::Instant::now().saturating_duration_since(first);
+                    record.first_failure = record.last_failure.checked_sub(ago).unwrap_or(record.last_failure);
+                }
                 self.dead.push(origin, idx, record, 1);
             }
             OnError::Drop => {
@@ -194,6 +215,34 @@ impl<S: Stage> Results<'_, S> {
             OnError::Fail => {
                 origin.finish(idx, Outcome::Failed);
                 task.control.fail(&task.name, text);
+            }
+        }
+    }
+
+    /// Restarts the stage after any panic since the last look (one atomic load), or
+    /// escalates when the restart intensity is exceeded.
+    async fn supervise(&mut self) {
+        let task = self.task;
+        let panics = task.stage.counters().panics();
+        while self.panics_seen < panics {
+            self.panics_seen += 1;
+            match self.supervisor.on_panic(tokio::time::Instant::now()) {
+                Verdict::Restart(after) => {
+                    tracing::warn!(stage = %task.name, ?after, "stage panicked; restarting");
+                    task.counters.restarted();
+                    if !after.is_zero() {
+                        // Flush first: what is done must not wait for the backoff.
+                        self.flush().await;
+                        tokio::time::sleep(after).await;
+                    }
+                    task.stage.restart();
+                }
+                Verdict::Escalate { restarts, within } => {
+                    task.control.fail(
+                        &task.name,
+                        format!("stage panicked {restarts} times within {within:?}; restart limit exceeded"),
+                    );
+                }
             }
         }
     }
@@ -219,6 +268,8 @@ impl<S: Stage> StageTask<S> {
             out: Outbox::new(),
             dead: Outbox::new(),
             tally: Tally::default(),
+            supervisor: Supervisor::new(self.restart),
+            panics_seen: 0,
         };
         if task.concurrency <= 1 {
             while let Some(mut batch) = rx.recv().await {
@@ -227,15 +278,16 @@ impl<S: Stage> StageTask<S> {
                 batch.reverse();
                 while let Some((idx, item)) = batch.pop() {
                     let claim = Claimed::new(&origin, idx);
-                    let result = task.stage.call(item, &cx).await;
-                    results.settle(claim, result).await;
+                    let outcome = task.stage.run(item, &cx).await;
+                    results.settle(claim, outcome).await;
+                    results.supervise().await;
                 }
                 results.flush().await;
             }
         } else {
             let call = |claim: Claimed, item: S::In| {
                 let cx = &cx;
-                async move { (claim, task.stage.call(item, cx).await) }
+                async move { (claim, task.stage.run(item, cx).await) }
             };
             let mut running = if task.ordered {
                 InFlight::Ordered(FuturesOrdered::new())
@@ -292,6 +344,7 @@ impl<S: Stage> StageTask<S> {
                         {
                             results.settle(claim, result).await;
                         }
+                        results.supervise().await;
                         results.flush().await;
                     }
                     batch = rx.recv(), if room => match batch {

@@ -1,7 +1,11 @@
 //! The tasks around the stages: sources, sinks, fan-out, routing, partitioning and
 //! batching. Each takes batches from edges and gives every item exactly one way out.
 
+use std::any::Any;
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +15,7 @@ use crate::ack::{Origin, Outcome};
 use crate::dead_letter::DeadLetter;
 use crate::edge::{EdgeRx, EdgeTx};
 use crate::envelope::Batch;
-use crate::error::chain;
+use crate::error::{Message, chain};
 use crate::sink::{Sink, WriteError};
 use crate::source::Source;
 use crate::stats::{Counters, SOURCE_ERRORS_TOTAL};
@@ -88,7 +92,17 @@ pub(crate) async fn sink<K: Sink>(
         let n = batch.len();
         counters.received(n);
         let (mut items, claim) = batch.claim();
-        match sink.write(&mut items).await {
+        // A panicking sink fails this batch, not the pipeline: the items go to the
+        // dead-letter path like any failed write (at-least-once if it panicked after
+        // writing).
+        let written = AssertUnwindSafe(sink.write(&mut items)).catch_unwind().await;
+        let written = written.unwrap_or_else(|payload| {
+            Err(WriteError::all(Message(format!(
+                "sink panicked: {}",
+                panic_message(&*payload)
+            ))))
+        });
+        match written {
             Ok(()) => {
                 counters.emitted(n);
                 claim.finish_all(match role {
@@ -123,6 +137,14 @@ pub(crate) async fn sink<K: Sink>(
         tracing::error!(sink = %counters.name, error = %chain(&*error), "flush failed");
         counters.errors(1);
     }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-string panic payload")
 }
 
 /// Copies every item to each output (fan-out). Each output has its own edge and policy.

@@ -1,0 +1,8 @@
+use pipeline_core::prelude::*;
+
+#[stage]
+async fn log(line: String) {
+    println!("{line}");
+}
+
+fn main() {}

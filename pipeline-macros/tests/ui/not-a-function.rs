@@ -1,0 +1,6 @@
+use pipeline_core::prelude::*;
+
+#[stage]
+struct Parse;
+
+fn main() {}

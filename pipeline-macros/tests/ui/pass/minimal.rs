@@ -1,0 +1,10 @@
+use pipeline_core::prelude::*;
+
+#[stage]
+async fn parse(line: String) -> u64 {
+    line.len() as u64
+}
+
+fn main() {
+    let _ = Parse;
+}
