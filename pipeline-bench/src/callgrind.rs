@@ -41,9 +41,8 @@ pub(crate) fn instructions(v: V, ty: Ty, n: u64, scratch: &Path) -> Res<u64> {
     }
     let text = std::fs::read_to_string(&out_file)?;
     let _ = std::fs::remove_file(&out_file);
-    parse_total(&text).ok_or_else(|| {
-        format!("no `totals:` or `summary:` line in {}", out_file.display()).into()
-    })
+    parse_total(&text)
+        .ok_or_else(|| format!("no `totals:` or `summary:` line in {}", out_file.display()).into())
 }
 
 /// The Ir total of a callgrind output file: its `totals:` line, else its `summary:` line.

@@ -51,7 +51,7 @@ impl Tally {
 }
 
 /// An item type of the map4 workloads and its three cheap stage functions.
-pub(crate) trait Item: Send + 'static + Sized {
+pub(crate) trait Item: Clone + Send + 'static + Sized {
     /// Builds item `i` (in the source).
     fn make(i: u64) -> Self;
     /// Stage 1.
@@ -166,6 +166,8 @@ pub(crate) enum V {
     FwMacro,
     /// The framework with hand-written `Stage` impls (u64 only).
     FwHand,
+    /// The framework with `#[stage]` on plain (sync) fns (u64 only).
+    FwSync,
     /// io-bound: the framework, one stage awaiting a 1 ms timer, concurrency 64.
     IoFw,
     /// io-bound: `buffer_unordered(64)` over the same awaits.
@@ -173,7 +175,7 @@ pub(crate) enum V {
 }
 
 impl V {
-    pub(crate) const ALL: [V; 9] = [
+    pub(crate) const ALL: [V; 10] = [
         V::BItem,
         V::BBatch,
         V::BFused,
@@ -181,6 +183,7 @@ impl V {
         V::FwGuarded,
         V::FwMacro,
         V::FwHand,
+        V::FwSync,
         V::IoFw,
         V::IoHand,
     ];
@@ -194,6 +197,7 @@ impl V {
             V::FwGuarded => "map4-guarded",
             V::FwMacro => "map4-macro",
             V::FwHand => "map4-hand",
+            V::FwSync => "map4-sync",
             V::IoFw => "io-bound",
             V::IoHand => "io-hand",
         }
@@ -210,12 +214,13 @@ pub(crate) fn run(v: V, ty: Ty, n: u64) -> Res<Run> {
         Ty::U64 => Ok(match v {
             V::FwMacro => Box::pin(fw_macro(n)),
             V::FwHand => Box::pin(fw_hand(n)),
+            V::FwSync => Box::pin(fw_sync(n)),
             V::IoFw => Box::pin(io_fw(n)),
             V::IoHand => Box::pin(io_hand(n)),
             _ => map4::<u64>(v, n),
         }),
         Ty::Str => match v {
-            V::FwMacro | V::FwHand | V::IoFw | V::IoHand => {
+            V::FwMacro | V::FwHand | V::FwSync | V::IoFw | V::IoHand => {
                 Err(format!("{} runs on u64 items only", v.name()).into())
             }
             _ => Ok(map4::<String>(v, n)),
@@ -308,15 +313,24 @@ async fn fw_map4<T: Item>(n: u64, guarded: bool) -> Res<Tally> {
     let b = Pipeline::builder(if guarded { "map4-guarded" } else { "map4" })
         .source(source::iter((0..n).map(T::make)));
     let b = guard(
-        b.stage(map_fn("s1", |x: T| async move { Ok::<_, Infallible>(x.s1()) })),
+        b.stage(map_fn(
+            "s1",
+            |x: T| async move { Ok::<_, Infallible>(x.s1()) },
+        )),
         guarded,
     );
     let b = guard(
-        b.stage(map_fn("s2", |x: T| async move { Ok::<_, Infallible>(x.s2()) })),
+        b.stage(map_fn(
+            "s2",
+            |x: T| async move { Ok::<_, Infallible>(x.s2()) },
+        )),
         guarded,
     );
     let b = guard(
-        b.stage(map_fn("s3", |x: T| async move { Ok::<_, Infallible>(x.s3()) })),
+        b.stage(map_fn(
+            "s3",
+            |x: T| async move { Ok::<_, Infallible>(x.s3()) },
+        )),
         guarded,
     );
     finish::<T>(b.sink(sink), out, n).await
@@ -336,6 +350,23 @@ async fn mac_shift(x: u64) -> u64 {
 
 #[pipeline_core::stage]
 async fn mac_inc(x: u64) -> u64 {
+    x.s3()
+}
+
+// The same with plain fns: the framework's sync-fn path.
+
+#[pipeline_core::stage]
+fn sync_mul(x: u64) -> u64 {
+    x.s1()
+}
+
+#[pipeline_core::stage]
+fn sync_shift(x: u64) -> u64 {
+    x.s2()
+}
+
+#[pipeline_core::stage]
+fn sync_inc(x: u64) -> u64 {
     x.s3()
 }
 
@@ -385,6 +416,17 @@ async fn fw_hand(n: u64) -> Res<Tally> {
         .stage(HandMul)
         .stage(HandShift)
         .stage(HandInc)
+        .sink(sink);
+    finish::<u64>(ready, out, n).await
+}
+
+async fn fw_sync(n: u64) -> Res<Tally> {
+    let (sink, out) = TallySink::<u64>::new();
+    let ready = Pipeline::builder("map4-sync")
+        .source(source::iter(0..n))
+        .stage(SyncMul)
+        .stage(SyncShift)
+        .stage(SyncInc)
         .sink(sink);
     finish::<u64>(ready, out, n).await
 }

@@ -96,7 +96,9 @@ impl fmt::Display for Outcome {
 /// });
 /// # drop(ack);
 /// ```
-pub struct Ack(Box<dyn FnOnce(&[Outcome]) + Send>);
+pub struct Ack(AckFn);
+
+type AckFn = Box<dyn FnOnce(&[Outcome]) + Send>;
 
 impl Ack {
     /// Wraps a callback.

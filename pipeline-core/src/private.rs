@@ -13,10 +13,10 @@ pub use ::tokio;
 
 pub use crate::context::Context;
 pub use crate::options::{
-    BreakerMode, BreakerOptions, OnError, RateOptions, RestartOptions, RetryOptions,
-    StageOptions, Window,
+    BreakerMode, BreakerOptions, OnError, RateOptions, RestartOptions, RetryOptions, StageOptions,
+    Window,
 };
-pub use crate::stage::{FlatMap, Filter, Map, Stage};
+pub use crate::stage::{Filter, FlatMap, Map, Stage};
 
 // The prelude items generated code uses, named through here so that user items with
 // the same names do not interfere.
@@ -158,10 +158,12 @@ impl<T: Send + 'static> StageOutput for T {}
     label = "with `flatten` the function must return an `IntoIterator`",
     note = "return a `Vec<T>`, an `Option<T>`, an array or another iterator, or remove `flatten` to emit this value as one item"
 )]
-pub trait FlattenOutput: IntoIterator<IntoIter: Send, Item: Send + 'static> + Send + 'static {}
-impl<T> FlattenOutput for T
-where
-    T: IntoIterator<IntoIter: Send, Item: Send + 'static> + Send + 'static,
+pub trait FlattenOutput:
+    IntoIterator<IntoIter: Send, Item: Send + 'static> + Send + 'static
+{
+}
+impl<T> FlattenOutput for T where
+    T: IntoIterator<IntoIter: Send, Item: Send + 'static> + Send + 'static
 {
 }
 
@@ -174,8 +176,38 @@ where
 pub trait StageError: std::error::Error + Send + Sync + 'static {}
 impl<T: std::error::Error + Send + Sync + 'static> StageError for T {}
 
+/// Asks an error whether it is permanent, for the generated `Stage::is_permanent`: a
+/// [`Fault`](crate::policy::Fault) answers for itself, any other error is retryable. The
+/// choice is made by autoref specialization (the impl on `ErrorProbe<Fault<E>>` is found
+/// before the blanket impl on `&ErrorProbe<E>`), so it also sees through type aliases.
+#[derive(Debug)]
+pub struct ErrorProbe<'a, E: ?Sized>(pub &'a E);
+
+/// The `Fault` half of [`ErrorProbe`].
+pub trait FaultKind {
+    /// Whether the error is permanent.
+    fn permanent(&self) -> bool;
+}
+
+impl<E> FaultKind for ErrorProbe<'_, crate::policy::Fault<E>> {
+    fn permanent(&self) -> bool {
+        self.0.is_permanent()
+    }
+}
+
+/// The fallback half of [`ErrorProbe`].
+pub trait AnyKind {
+    /// Always `false`: errors are retryable unless marked.
+    fn permanent(&self) -> bool;
+}
+
+impl<E: ?Sized> AnyKind for &ErrorProbe<'_, E> {
+    fn permanent(&self) -> bool {
+        false
+    }
+}
+
 /// `retry(when = predicate)`: an error the predicate does not accept is permanent.
 pub fn is_permanent<E: ?Sized>(error: &E, retry_when: impl FnOnce(&E) -> bool) -> bool {
     !retry_when(error)
 }
-

@@ -149,10 +149,7 @@ pub(crate) fn check(item: &mut ItemFn, cx: &Ctxt) -> Checked {
         );
     }
     if let Some(variadic) = &sig.variadic {
-        error(
-            &variadic.dots,
-            "a stage function cannot be variadic",
-        );
+        error(&variadic.dots, "a stage function cannot be variadic");
     }
 
     let type_ident = match upper_camel(&sig.ident) {
@@ -452,9 +449,27 @@ fn not_an_error(err: &Type) -> Option<String> {
     let text = type_text(err);
     let boxed = match ungroup(err) {
         Type::Path(p) => {
-            let names: Vec<String> = p.path.segments.iter().map(|s| s.ident.to_string()).collect();
-            match names.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            let names: Vec<String> = p
+                .path
+                .segments
+                .iter()
+                .map(|s| s.ident.to_string())
+                .collect();
+            match names
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
                 [.., "BoxError"] => true,
+                ["String"] | ["std" | "alloc", "string", "String"] => {
+                    return Some(
+                        "`String` does not implement `std::error::Error`, which a stage's error \
+                         type must; wrap the text in `pipeline_core::error::Message`, or return \
+                         an enum deriving `thiserror::Error`"
+                            .to_owned(),
+                    );
+                }
                 ["anyhow", "Error"] => {
                     return Some(
                         "`anyhow::Error` does not implement `std::error::Error`, which a stage's \
@@ -532,14 +547,17 @@ fn borrowed(ty: &Type) -> Option<Span> {
             if let Some(span) = p.qself.as_ref().and_then(|q| borrowed(&q.ty)) {
                 return Some(span);
             }
-            p.path.segments.iter().find_map(|segment| match &segment.arguments {
-                PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
-                    GenericArgument::Lifetime(lt) if lt.ident != "static" => Some(lt.span()),
-                    GenericArgument::Type(t) => borrowed(t),
-                    _ => None,
-                }),
-                PathArguments::Parenthesized(_) | PathArguments::None => None,
-            })
+            p.path
+                .segments
+                .iter()
+                .find_map(|segment| match &segment.arguments {
+                    PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
+                        GenericArgument::Lifetime(lt) if lt.ident != "static" => Some(lt.span()),
+                        GenericArgument::Type(t) => borrowed(t),
+                        _ => None,
+                    }),
+                    PathArguments::Parenthesized(_) | PathArguments::None => None,
+                })
         }
         Type::Array(a) => borrowed(&a.elem),
         Type::Slice(s) => borrowed(&s.elem),
@@ -560,13 +578,17 @@ fn impl_trait(ty: &Type) -> Option<Span> {
     match ty {
         Type::ImplTrait(t) => Some(t.impl_token.span),
         Type::Reference(r) => impl_trait(&r.elem),
-        Type::Path(p) => p.path.segments.iter().find_map(|segment| match &segment.arguments {
-            PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
-                GenericArgument::Type(t) => impl_trait(t),
+        Type::Path(p) => p
+            .path
+            .segments
+            .iter()
+            .find_map(|segment| match &segment.arguments {
+                PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
+                    GenericArgument::Type(t) => impl_trait(t),
+                    _ => None,
+                }),
                 _ => None,
             }),
-            _ => None,
-        }),
         Type::Array(a) => impl_trait(&a.elem),
         Type::Slice(s) => impl_trait(&s.elem),
         Type::Group(g) => impl_trait(&g.elem),

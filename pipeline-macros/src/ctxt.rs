@@ -20,7 +20,9 @@ impl Ctxt {
 
     /// Records `message` at `span`.
     pub(crate) fn error(&self, span: Span, message: impl Display) {
-        self.errors.borrow_mut().push(syn::Error::new(span, message));
+        self.errors
+            .borrow_mut()
+            .push(syn::Error::new(span, message));
     }
 
     /// Records `message` spanning every token of `tokens` (first to last).
@@ -37,9 +39,12 @@ impl Ctxt {
 
     /// All the errors folded into one, or `None` when there were none.
     pub(crate) fn finish(self) -> Option<syn::Error> {
-        self.errors.into_inner().into_iter().reduce(|mut all, next| {
-            all.combine(next);
-            all
-        })
+        self.errors
+            .into_inner()
+            .into_iter()
+            .reduce(|mut all, next| {
+                all.combine(next);
+                all
+            })
     }
 }

@@ -28,7 +28,7 @@ pub(crate) fn emit(
     let stub = stub.map(|(vis, ident)| {
         let krate = krate(args);
         let doc = format!(
-            "Stand-in for the stage generated from `{}`, which has errors.",
+            " Stand-in for the stage generated from `{}`, which has errors.",
             func.sig.ident
         );
         quote! {

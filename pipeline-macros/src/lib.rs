@@ -145,8 +145,10 @@ mod valid;
 /// }
 /// ```
 ///
-/// `retry(when = ..)` adds `is_permanent`; per-stage state adds `restart`, which rebuilds
-/// it. A `Debug` impl is generated too (unit structs derive `Debug`, `Clone`, `Copy` and
+/// A fallible stage also gets `is_permanent`: an error of type
+/// `pipeline_core::policy::Fault<E>` says itself whether it is permanent (also behind a
+/// type alias), `retry(when = ..)` marks the errors it rejects, any other error is
+/// retryable. Per-stage state adds `restart`, which rebuilds it. A `Debug` impl is generated too (unit structs derive `Debug`, `Clone`, `Copy` and
 /// `Default`).
 ///
 /// # Options
@@ -196,7 +198,8 @@ mod valid;
 /// retried, from `0.0` to `1.0`). Every error is retryable unless `when = predicate`
 /// says otherwise: a function `fn(&E) -> bool` (or a closure) returning `true` for the
 /// errors worth retrying; the others are permanent, which also keeps them out of the
-/// breaker's failure count.
+/// breaker's failure count. A `Fault<E>` error (`pipeline_core::policy`) marks itself:
+/// `Permanent(e)` is never retried, with or without `when`.
 ///
 /// ```
 /// # use std::time::Duration;
@@ -349,7 +352,8 @@ mod valid;
 /// | ``a stage input must be owned`` / ``a stage output must be owned`` | no borrowed lifetimes in items: `String`, not `Cow<'a, str>` |
 /// | ``a stage function returns its output`` | add a return type |
 /// | ``cannot see the error type of `io::Result<T>` `` | write `Result<T, io::Error>` in full |
-/// | ``` `BoxError` does not implement `std::error::Error` ``` | use a concrete error type (an enum deriving `thiserror::Error`) |
+/// | ``` `BoxError` does not implement `std::error::Error` ``` (or `String`, `anyhow::Error`) | use a concrete error type (an enum deriving `thiserror::Error`, or `pipeline_core::error::Message`) |
+/// | ``the trait `std::error::Error` is not implemented for `E` `` | the error type must implement `std::error::Error + Send + Sync + 'static` |
 /// | ``` `Rc<..>` cannot be sent between threads safely ``` (on an argument type) | the input or state is not thread-safe: `Arc`, `Mutex`, owned data |
 /// | ``` `T` is not iterable, so a `flatten` stage cannot emit its items ``` | return a `Vec<T>` or another `IntoIterator`, or remove `flatten` |
 /// | ``future cannot be sent between threads safely`` (on the function's name) | a non-`Send` value is held across an `.await` in the body; the note shows which |
@@ -357,8 +361,6 @@ mod valid;
 /// The type checks behind the last rows are `where` clauses on the generated impl; rustc
 /// adds a "see issue #48214" hint to them, which can be ignored.
 ///
-/// `Stage`: pipeline_core::Stage
-/// `Stage::restart`: pipeline_core::Stage::restart
 /// [humantime]: https://docs.rs/humantime
 #[proc_macro_attribute]
 pub fn stage(args: TokenStream, input: TokenStream) -> TokenStream {

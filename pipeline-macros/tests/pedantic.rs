@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use pipeline_core::policy::Fault;
 use pipeline_core::prelude::*;
 
 /// A stage error.
@@ -51,7 +52,9 @@ fn is_transient(_: &Invalid) -> bool {
 pub async fn all(line: &str, #[state] db: &Db, cx: &Context) -> Result<Option<u64>, Invalid> {
     let _ = cx.attempt();
     tokio::task::yield_now().await;
-    line.parse::<u64>().map(|n| Some(n + db.offset)).map_err(|_| Invalid)
+    line.parse::<u64>()
+        .map(|n| Some(n + db.offset))
+        .map_err(|_| Invalid)
 }
 
 /// Per-stage state and supervision.
@@ -89,4 +92,20 @@ fn expansions_are_used() {
     let _ = Dedup::default().options();
     let _ = Crunch::new(Db { offset: 0 }, Vec::new).options();
     let _ = Greet::new("hello").options();
+}
+
+/// A `Fault` error and a `when` predicate together.
+///
+/// # Errors
+///
+/// Always.
+#[stage(retry(attempts = 3, when = |e: &Fault<Invalid>| !e.is_permanent()))]
+pub async fn faulty(n: u64) -> Result<u64, Fault<Invalid>> {
+    tokio::task::yield_now().await;
+    Err(Fault::transient(Invalid)).map(|()| n)
+}
+
+#[test]
+fn fault_stage() {
+    assert!(!Faulty.is_permanent(&Fault::transient(Invalid)));
 }

@@ -218,8 +218,16 @@ async fn shared_state() {
     stage.restart();
     assert_eq!(stage.call(5, &cx()).await, Ok(10));
 
-    assert_eq!(Prefix::new("> ").call("hi".into(), &cx()).await, Ok("> hi".into()));
-    assert_eq!(Prefix::new(String::from("$ ")).call("ls".into(), &cx()).await, Ok("$ ls".into()));
+    assert_eq!(
+        Prefix::new("> ").call("hi".into(), &cx()).await,
+        Ok("> hi".into())
+    );
+    assert_eq!(
+        Prefix::new(String::from("$ "))
+            .call("ls".into(), &cx())
+            .await,
+        Ok("$ ls".into())
+    );
 }
 
 #[tokio::test]
@@ -288,7 +296,10 @@ async fn functions_stay_callable_as_written() {
     let mut counter = Counter { seen: 41 };
     assert_eq!(count("x".into(), &mut counter).await, (42, "x".into()));
     let mut total = 0;
-    assert_eq!(scale(1, &Db { factor: 1 }, &Context::new("s"), &mut total), Ok(3));
+    assert_eq!(
+        scale(1, &Db { factor: 1 }, &Context::new("s"), &mut total),
+        Ok(3)
+    );
     assert_eq!(explode(3), 3);
 }
 
@@ -313,11 +324,24 @@ fn no_options_declared() {
     ordered,
     buffer = 256,
     timeout = "2s",
-    retry(attempts = 5, backoff = "100ms", max_backoff = "10s", jitter, budget = 0.2),
-    breaker(failure_rate = 0.5, window = 20, min_calls = 10, slow_call = "1s",
-            open_for = "30s", half_open = 3, mode = "wait"),
+    retry(
+        attempts = 5,
+        backoff = "100ms",
+        max_backoff = "10s",
+        jitter,
+        budget = 0.2
+    ),
+    breaker(
+        failure_rate = 0.5,
+        window = 20,
+        min_calls = 10,
+        slow_call = "1s",
+        open_for = "30s",
+        half_open = 3,
+        mode = "wait"
+    ),
     rate = "500/s",
-    on_error = "dead_letter",
+    on_error = "dead_letter"
 )]
 async fn everything(order: u64) -> Result<u64, AppError> {
     Ok(order)
@@ -376,7 +400,10 @@ fn option_variants() {
     breaker.slow_call_rate = 0.8;
     breaker.mode = BreakerMode::FailFast;
     assert_eq!(o.breaker, Some(breaker));
-    assert_eq!(o.rate, Some(RateOptions::new(10, Duration::from_millis(100))));
+    assert_eq!(
+        o.rate,
+        Some(RateOptions::new(10, Duration::from_millis(100)))
+    );
     assert_eq!(o.on_error, Some(OnError::Drop));
     assert_eq!(o.ordered, Some(false));
 }
@@ -400,7 +427,10 @@ fn option_defaults_and_units() {
     assert_eq!(o.retry, Some(RetryOptions::new(1)));
 
     let o = Hourly.options();
-    assert_eq!(o.rate, Some(RateOptions::new(3600, Duration::from_secs(3600))));
+    assert_eq!(
+        o.rate,
+        Some(RateOptions::new(3600, Duration::from_secs(3600)))
+    );
     assert_eq!(o.timeout, Some(Duration::from_secs(90)));
 }
 
@@ -433,5 +463,49 @@ mod renamed {
         let cx = core_renamed::Context::new("r");
         assert_eq!(Inner.call(1, &cx).await, Ok(2));
         assert_eq!(Inner.options().name.as_deref(), Some("renamed"));
+    }
+}
+
+mod faults {
+    use pipeline_core::policy::{Fault, Permanent};
+    use pipeline_core::prelude::*;
+
+    use super::{AppError, cx, is_transient};
+
+    /// A `Fault` error answers `is_permanent` by itself.
+    #[stage]
+    async fn checked(n: u64) -> Result<u64, Fault<AppError>> {
+        match n {
+            0 => Err(Permanent(AppError::Invalid("zero".into())).into()),
+            1 => Err(AppError::Transient.into()),
+            n => Ok(n),
+        }
+    }
+
+    type Checked2Error = Fault<AppError>;
+
+    /// ... also behind an alias, and together with `when`.
+    #[stage(retry(attempts = 3, when = |e: &Checked2Error| is_transient(e.get_ref())))]
+    async fn checked2(n: u64) -> Result<u64, Checked2Error> {
+        Err(if n == 0 {
+            Fault::permanent(AppError::Transient)
+        } else if n == 1 {
+            Fault::transient(AppError::Invalid(String::new()))
+        } else {
+            Fault::transient(AppError::Transient)
+        })
+    }
+
+    #[tokio::test]
+    async fn fault_errors_mark_themselves() {
+        let permanent = Checked.call(0, &cx()).await.unwrap_err();
+        let transient = Checked.call(1, &cx()).await.unwrap_err();
+        assert!(Checked.is_permanent(&permanent));
+        assert!(!Checked.is_permanent(&transient));
+
+        for (n, expected) in [(0, true), (1, true), (2, false)] {
+            let error = Checked2.call(n, &cx()).await.unwrap_err();
+            assert_eq!(Checked2.is_permanent(&error), expected, "n = {n}");
+        }
     }
 }

@@ -30,6 +30,12 @@ use crate::stage::{Emitted, Stage};
 use crate::stats::{Counters, Kind};
 
 /// Wires the pending element to the edge it sends into; returns the node ids feeding it.
+/// Wires the sink (the last element) and everything upstream of it.
+type Finish = Box<dyn FnOnce(&mut Core, StageOptions) + Send>;
+
+/// Sets up the dead-letter sink's task.
+type DeadLetterSetup = Box<dyn FnOnce(&mut Core) + Send>;
+
 type Pending<T> = Box<dyn FnOnce(&mut Core, StageOptions, EdgeTx<T>) -> Vec<usize> + Send>;
 
 /// Entry point: `Pipeline::builder(name)`, and a built pipeline ready to run.
@@ -86,7 +92,7 @@ impl Pipeline {
         };
         // Node 0 is the dead-letter sink; its task is made by `build`.
         core.reserve("dead_letter", Kind::DeadLetter);
-        PipelineBuilder { core, dead: None }
+        PipelineBuilder { core }
     }
 
     /// The topology, to render with [`Graph::to_mermaid`] or [`Graph::to_dot`].
@@ -139,7 +145,6 @@ fn when_full_name(w: WhenFull) -> &'static str {
 /// A pipeline without a source yet.
 pub struct PipelineBuilder {
     core: Core,
-    dead: Option<Box<dyn FnOnce(&mut Core) + Send>>,
 }
 
 impl std::fmt::Debug for PipelineBuilder {
@@ -176,7 +181,6 @@ impl PipelineBuilder {
             core: self.core,
             pending: source_link(node, source),
             settings: StageOptions::default(),
-            dead: self.dead,
         }
     }
 
@@ -201,7 +205,6 @@ pub struct Builder<T> {
     core: Core,
     pending: Pending<T>,
     settings: StageOptions,
-    dead: Option<Box<dyn FnOnce(&mut Core) + Send>>,
 }
 
 impl<T> std::fmt::Debug for Builder<T> {
@@ -214,18 +217,13 @@ impl<T: Send + 'static> Builder<T> {
     /// Closes the pending element over its settings.
     fn upstream(
         self,
-    ) -> (
-        Core,
-        Option<Box<dyn FnOnce(&mut Core) + Send>>,
-        impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize> + Send,
-    ) {
+    ) -> (Core, impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize> + Send) {
         let Builder {
             core,
             pending,
             settings,
-            dead,
         } = self;
-        (core, dead, move |core: &mut Core, tx: EdgeTx<T>| {
+        (core, move |core: &mut Core, tx: EdgeTx<T>| {
             pending(core, settings, tx)
         })
     }
@@ -242,7 +240,7 @@ impl<T: Send + 'static> Builder<T> {
         T: Clone,
     {
         let node = self.core.reserve("stage", Kind::Stage);
-        let (core, dead, upstream) = self.upstream();
+        let (core, upstream) = self.upstream();
         let pending: Pending<Emitted<S>> = Box::new(move |core, settings, tx| {
             let opts = settings.or(stage.options());
             let name: Arc<str> = match &opts.name {
@@ -288,7 +286,6 @@ impl<T: Send + 'static> Builder<T> {
             core,
             pending,
             settings: StageOptions::default(),
-            dead,
         }
     }
 
@@ -309,7 +306,7 @@ impl<T: Send + 'static> Builder<T> {
     pub fn merge<S: Source<Item = T>>(mut self, source: S) -> Builder<T> {
         let node = self.core.reserve("source", Kind::Source);
         let other = source_link(node, source);
-        let (core, dead, upstream) = self.upstream();
+        let (core, upstream) = self.upstream();
         let pending: Pending<T> = Box::new(move |core, settings, tx| {
             let mut from = upstream(core, tx.clone());
             from.extend(other(core, settings, tx));
@@ -319,7 +316,6 @@ impl<T: Send + 'static> Builder<T> {
             core,
             pending,
             settings: StageOptions::default(),
-            dead,
         }
     }
 
@@ -334,7 +330,7 @@ impl<T: Send + 'static> Builder<T> {
         T: Clone,
     {
         let node = self.core.reserve("tee", Kind::Router);
-        let (core, dead, upstream) = self.upstream();
+        let (core, upstream) = self.upstream();
         let (core, branch_tx) = split_off(core, node, branch);
         let pending: Pending<T> = Box::new(move |core, _settings, tx| {
             let rx = core.input(node, "tee", MAX_BATCH, WhenFull::Block, upstream);
@@ -349,7 +345,6 @@ impl<T: Send + 'static> Builder<T> {
             core,
             pending,
             settings: StageOptions::default(),
-            dead,
         }
     }
 
@@ -361,7 +356,7 @@ impl<T: Send + 'static> Builder<T> {
         branch: impl FnOnce(Builder<T>) -> Ready,
     ) -> Builder<T> {
         let node = self.core.reserve("route", Kind::Router);
-        let (core, dead, upstream) = self.upstream();
+        let (core, upstream) = self.upstream();
         let (core, branch_tx) = split_off(core, node, branch);
         let pending: Pending<T> = Box::new(move |core, _settings, tx| {
             let rx = core.input(node, "route", MAX_BATCH, WhenFull::Block, upstream);
@@ -379,7 +374,6 @@ impl<T: Send + 'static> Builder<T> {
             core,
             pending,
             settings: StageOptions::default(),
-            dead,
         }
     }
 
@@ -397,7 +391,7 @@ impl<T: Send + 'static> Builder<T> {
         U: Send + 'static,
     {
         let node = self.core.reserve("partition", Kind::Router);
-        let (mut core, dead, upstream) = self.upstream();
+        let (mut core, upstream) = self.upstream();
         let mut slots = Vec::new();
         let mut lane_ends: Vec<(Pending<U>, StageOptions)> = Vec::new();
         for _ in 0..lanes.max(1) {
@@ -412,7 +406,6 @@ impl<T: Send + 'static> Builder<T> {
                     },
                 ),
                 settings: StageOptions::default(),
-                dead: None,
             };
             let end = lane(start);
             core = end.core;
@@ -438,7 +431,6 @@ impl<T: Send + 'static> Builder<T> {
             core,
             pending,
             settings: StageOptions::default(),
-            dead,
         }
     }
 
@@ -446,7 +438,7 @@ impl<T: Send + 'static> Builder<T> {
     /// group's first item. Every member of a group takes the group's outcome.
     pub fn batch(mut self, size: usize, within: Duration) -> Builder<Vec<T>> {
         let node = self.core.reserve("batch", Kind::Router);
-        let (core, dead, upstream) = self.upstream();
+        let (core, upstream) = self.upstream();
         let pending: Pending<Vec<T>> = Box::new(move |core, settings, tx| {
             let name = settings.name.as_deref().unwrap_or("batch").to_owned();
             core.graph.rename(node, &name);
@@ -468,15 +460,14 @@ impl<T: Send + 'static> Builder<T> {
             core,
             pending,
             settings: StageOptions::default(),
-            dead,
         }
     }
 
     /// Ends the chain in `sink`.
     pub fn sink<K: Sink<Item = T>>(mut self, sink: K) -> Ready {
         let node = self.core.reserve("sink", Kind::Sink);
-        let (core, dead, upstream) = self.upstream();
-        let finish: Box<dyn FnOnce(&mut Core, StageOptions) + Send> =
+        let (core, upstream) = self.upstream();
+        let finish: Finish =
             Box::new(move |core, settings| {
                 let name = settings.name.as_deref().unwrap_or(sink.name()).to_owned();
                 core.graph.rename(node, &name);
@@ -500,7 +491,7 @@ impl<T: Send + 'static> Builder<T> {
             core,
             finish,
             settings: StageOptions::default(),
-            dead,
+            dead: None,
         }
     }
 
@@ -609,7 +600,6 @@ fn split_off<T: Send + 'static>(
             },
         ),
         settings: StageOptions::default(),
-        dead: None,
     };
     let ready = branch(start);
     let Ready {
@@ -633,9 +623,9 @@ fn short_type_name<S>() -> String {
 #[must_use = "a pipeline does nothing until it is run or spawned"]
 pub struct Ready {
     core: Core,
-    finish: Box<dyn FnOnce(&mut Core, StageOptions) + Send>,
+    finish: Finish,
     settings: StageOptions,
-    dead: Option<Box<dyn FnOnce(&mut Core) + Send>>,
+    dead: Option<DeadLetterSetup>,
 }
 
 impl std::fmt::Debug for Ready {

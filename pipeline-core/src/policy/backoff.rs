@@ -324,7 +324,10 @@ mod tests {
         o.jitter = false;
         let b = Backoff::from_options(&o);
         assert!(!b.jitter());
-        assert_eq!(b.schedule().take(3).collect::<Vec<_>>(), [ms(10), ms(15), ms(15)]);
+        assert_eq!(
+            b.schedule().take(3).collect::<Vec<_>>(),
+            [ms(10), ms(15), ms(15)]
+        );
     }
 
     #[test]

@@ -24,9 +24,10 @@ const SCALE: i64 = 1000;
 ///
 /// `deposit` is one relaxed atomic add and reads no clock (it runs per item). Deposits
 /// are booked into the time buckets at the next `withdraw`, spread evenly over the time
-/// since the previous one; with steady traffic that is exact, and after a quiet spell it
-/// under-counts old deposits, which errs on the side of fewer retries. `withdraw` (per
-/// failure) reads tokio's clock and takes a short lock.
+/// since the previous one: exact for steady traffic; after a long quiet spell only the
+/// share of them that falls inside the window counts, so a burst of old calls cannot
+/// fund a retry storm now. `withdraw` (per failure) reads tokio's clock and takes a
+/// short lock.
 ///
 /// # Examples
 ///

@@ -242,7 +242,10 @@ mod tests {
         };
         assert_eq!(msg(stage.call(1, &cx).await), "eager 1");
         assert_eq!(msg(stage.call(2, &cx).await), "lazy 2");
-        assert_eq!(msg(stage.call(3, &cx).await), "panic payload of an unknown type");
+        assert_eq!(
+            msg(stage.call(3, &cx).await),
+            "panic payload of an unknown type"
+        );
         assert!(matches!(stage.call(4, &cx).await, Err(Failure::Call(_))));
         assert_eq!(stage.call(5, &cx).await.ok(), Some(5));
         assert_eq!(stage.counters().panics(), 3);

@@ -324,7 +324,8 @@ mod tests {
         let limiter = per_sec(1);
         assert!(limiter.try_acquire().is_ok());
         // A wait dropped half-way takes no slot.
-        let timed_out = tokio::time::timeout(Duration::from_millis(500), limiter.until_ready()).await;
+        let timed_out =
+            tokio::time::timeout(Duration::from_millis(500), limiter.until_ready()).await;
         assert!(timed_out.is_err());
         advance(Duration::from_millis(500)).await;
         assert!(limiter.try_acquire().is_ok());

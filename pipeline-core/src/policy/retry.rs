@@ -12,6 +12,10 @@ use crate::policy::backoff::{Backoff, Schedule};
 use crate::policy::budget::RetryBudget;
 use crate::policy::counters::{Counters, Event};
 
+/// `Clone::clone` of a stage input, kept as a plain function pointer so that `Retry`
+/// itself needs no `Clone` bound.
+type CloneFn<T> = fn(&T) -> T;
+
 /// What [`Retry::run`] reports besides the result: how many attempts it took.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -80,7 +84,7 @@ pub struct Retry<S: Stage> {
     backoff: Backoff,
     budget: Option<Arc<RetryBudget>>,
     /// `Clone::clone` of the input when retries are possible; `None` for one attempt.
-    clone_in: Option<fn(&S::In) -> S::In>,
+    clone_in: Option<CloneFn<S::In>>,
     counters: Arc<Counters>,
 }
 
@@ -218,14 +222,20 @@ impl<S: Stage> Retry<S> {
             first_failure.get_or_insert_with(Instant::now);
             let delay = if self.inner.is_permanent(error) {
                 None
-            } else if self.budget.as_ref().is_some_and(|b| !b.withdraw()) {
-                self.counters.record(Event::BudgetExhausted);
-                tracing::debug!(stage = cx.stage(), attempt, "retry budget exhausted");
-                None
             } else {
                 // A custom schedule that ends stops the retries.
-                schedule.get_or_insert_with(|| self.backoff.schedule()).next()
+                schedule
+                    .get_or_insert_with(|| self.backoff.schedule())
+                    .next()
             };
+            let delay = delay.filter(|_| match &self.budget {
+                Some(budget) if !budget.withdraw() => {
+                    self.counters.record(Event::BudgetExhausted);
+                    tracing::debug!(stage = cx.stage(), attempt, "retry budget exhausted");
+                    false
+                }
+                _ => true,
+            });
             let Some(delay) = delay else {
                 return RetryOutcome {
                     result,
@@ -343,11 +353,19 @@ mod tests {
     }
 
     fn stack(hang: bool, timeout: Option<Duration>, retry: RetryOptions) -> Policies<Recorder> {
-        let mut opts = StageOptions::default();
-        opts.name = Some("rec".into());
-        opts.timeout = timeout;
-        opts.retry = Some(retry);
-        Policies::new(Recorder { hang, ..Recorder::default() }, &opts)
+        let opts = StageOptions {
+            name: Some("rec".into()),
+            timeout,
+            retry: Some(retry),
+            ..StageOptions::default()
+        };
+        Policies::new(
+            Recorder {
+                hang,
+                ..Recorder::default()
+            },
+            &opts,
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -458,8 +476,10 @@ mod tests {
                 Ok(n)
             }
         }
-        let mut opts = StageOptions::default();
-        opts.retry = Some(retry_opts(2, false));
+        let opts = StageOptions {
+            retry: Some(retry_opts(2, false)),
+            ..StageOptions::default()
+        };
         let p = Policies::new(PanicOnce(AtomicU32::new(0)), &opts);
         let out = p.run(9, &Context::new("p")).await;
         assert_eq!(out.result.ok(), Some(9));
@@ -485,8 +505,10 @@ mod tests {
         let out = r.run(NotClone(3), &Context::new("take")).await;
         assert_eq!(out.attempts, 1);
         assert!(out.first_failure.is_some());
-        let mut opts = StageOptions::default();
-        opts.retry = Some(retry_opts(5, false));
+        let opts = StageOptions {
+            retry: Some(retry_opts(5, false)),
+            ..StageOptions::default()
+        };
         let p = Policies::without_retry(Take, &opts);
         assert_eq!(p.run(NotClone(4), &Context::new("take")).await.attempts, 1);
         assert_eq!(p.counters().retries(), 0);

@@ -155,7 +155,11 @@ impl<S: Stage> Policies<S> {
 
     /// Runs one item through every attempt and reports how many it took (the runtime's
     /// entry point: dead letters need the count).
-    pub async fn run(&self, item: S::In, cx: &Context) -> RetryOutcome<S::Output, Failure<S::Error>> {
+    pub async fn run(
+        &self,
+        item: S::In,
+        cx: &Context,
+    ) -> RetryOutcome<S::Output, Failure<S::Error>> {
         self.stack.run(item, cx).await
     }
 }
@@ -188,5 +192,156 @@ impl<S: Stage + fmt::Debug> fmt::Debug for Policies<S> {
         f.debug_struct("Policies")
             .field("stack", &self.stack)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Map;
+    use crate::options::{BreakerOptions, RateOptions, RetryOptions, Window};
+    use crate::policy::BreakerState;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// Takes `work` ms per call; fails while `down`.
+    struct Dep {
+        work: u64,
+        down: AtomicBool,
+        calls: AtomicU32,
+    }
+
+    impl Stage for Dep {
+        type In = u32;
+        type Output = u32;
+        type Shape = Map;
+        type Error = std::io::Error;
+        async fn call(&self, n: u32, _cx: &Context) -> Result<u32, std::io::Error> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(self.work)).await;
+            if self.down.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("connection refused"));
+            }
+            Ok(n)
+        }
+    }
+
+    fn dep(work: u64, down: bool) -> Dep {
+        Dep {
+            work,
+            down: AtomicBool::new(down),
+            calls: AtomicU32::new(0),
+        }
+    }
+
+    fn named(name: &'static str) -> StageOptions {
+        StageOptions {
+            name: Some(name.into()),
+            ..StageOptions::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_rate_token_starts_no_timeout() {
+        let mut o = named("rated");
+        o.rate = Some(RateOptions::new(1, Duration::from_secs(1)));
+        o.timeout = Some(Duration::from_millis(50));
+        let p = Policies::new(dep(10, false), &o);
+        let start = Instant::now();
+        for n in 0..3 {
+            assert_eq!(p.call(n, &Context::new("rated")).await.ok(), Some(n));
+        }
+        // Tokens at 0, 1 s, 2 s; each call 10 ms; no timeout although each waited ~1 s.
+        assert_eq!(start.elapsed(), Duration::from_millis(2_010));
+        let c = p.counters().snapshot();
+        assert_eq!((c.timeouts, c.rate_waits), (0, 2));
+        assert_eq!(p.counters().stage(), "rated");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_dependency_opens_the_breaker_and_every_item_gets_one_outcome() {
+        let mut o = named("dead");
+        let mut retry = RetryOptions::new(3);
+        retry.backoff = Duration::from_millis(10);
+        retry.budget = Some(0.2);
+        o.retry = Some(retry);
+        o.timeout = Some(Duration::from_millis(100));
+        o.breaker = Some(BreakerOptions {
+            window: Window::Count(10),
+            min_calls: 10,
+            open_for: Duration::from_secs(1),
+            half_open: 1,
+            ..BreakerOptions::default()
+        });
+        let p = Policies::new(dep(1, true), &o);
+        let start = Instant::now();
+        let items = 200u32;
+        let mut failed = 0;
+        for n in 0..items {
+            let out = p.run(n, &Context::new("dead")).await;
+            assert!(out.attempts >= 1 && out.attempts <= 3);
+            failed += u32::from(out.result.is_err());
+        }
+        assert_eq!(failed, items, "exactly one (failed) outcome per item");
+        let c = p.counters().snapshot();
+        assert!(c.breaker_transitions >= 2, "{c:?}");
+        assert!(
+            c.breaker_waits > 0,
+            "wait mode waits instead of failing: {c:?}"
+        );
+        // Retries stay within 20% of the items plus the floor (10/s over the run).
+        let secs = start.elapsed().as_secs() + 10;
+        assert!(
+            c.retries <= u64::from(items) / 5 + 10 * secs,
+            "{c:?} over {secs}s"
+        );
+        // In wait mode every attempt still reaches the dependency, but as a probe: after
+        // the first window, at most one call per `open_for`.
+        let calls = u64::from(p.get_ref().calls.load(Ordering::Relaxed));
+        let elapsed = start.elapsed().as_secs();
+        assert!(
+            calls <= 10 + elapsed + 1,
+            "{calls} calls in {elapsed}s; {c:?}"
+        );
+        assert!(
+            elapsed >= calls - 10 - 1,
+            "{calls} calls in only {elapsed}s"
+        );
+        // It heals: the next probe succeeds and closes the breaker.
+        p.get_ref().down.store(false, Ordering::Relaxed);
+        assert_eq!(p.call(7, &Context::new("dead")).await.ok(), Some(7));
+        assert_eq!(p.breaker().map(|b| b.state()), Some(BreakerState::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_waits_cost_no_attempt() {
+        let mut o = named("wait");
+        let mut retry = RetryOptions::new(2);
+        retry.jitter = false;
+        o.retry = Some(retry);
+        o.breaker = Some(BreakerOptions {
+            window: Window::Count(1),
+            min_calls: 1,
+            open_for: Duration::from_secs(5),
+            half_open: 1,
+            ..BreakerOptions::default()
+        });
+        let p = Policies::new(dep(0, false), &o);
+        if let Some(b) = p.breaker() {
+            b.force_open();
+        }
+        let out = p.run(1, &Context::new("wait")).await;
+        assert_eq!(out.result.ok(), Some(1));
+        assert_eq!(out.attempts, 1, "the 5 s wait was not an attempt");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_options_means_a_plain_call() {
+        let p = layer(dep(3, false), &StageOptions::default());
+        assert!(p.breaker().is_none());
+        assert_eq!(p.call(5, &Context::new("plain")).await.ok(), Some(5));
+        assert_eq!(p.counters().snapshot(), Default::default());
+        assert_eq!(p.into_inner().calls.load(Ordering::Relaxed), 1);
     }
 }

@@ -1,25 +1,5 @@
 //! [`CircuitBreaker`] with Resilience4j's semantics on tokio's clock, and the
 //! [`Breaker`] stage wrapper.
-//!
-//! States: **closed** (calls pass and are recorded in a sliding window), **open** (calls
-//! are refused for `open_for`), **half-open** (exactly `half_open` probe calls pass; when
-//! all of them have completed, their rates decide: below both thresholds -> closed with
-//! a fresh window, otherwise open again).
-//!
-//! In the closed state, once the window holds at least `min_calls` calls (for a count
-//! window, at most its size), each recorded call checks the failure rate and the
-//! slow-call rate; either at or above its threshold opens the breaker. A call is slow
-//! when it took strictly longer than `slow_call`; a slow failure counts as both.
-//!
-//! Where we differ from Resilience4j, on purpose:
-//! - A result that arrives after the breaker changed state (a call admitted while closed
-//!   that finishes after the breaker opened) is discarded, so the half-open verdict is
-//!   made on the probes alone.
-//! - The open -> half-open move happens when someone asks for a permit after `open_for`
-//!   (Resilience4j's default, with no automatic transition); [`CircuitBreaker::acquire`]
-//!   sleeps until then, so waiting callers see it on time.
-//! - Probes that are ignored (permanent errors) or dropped unresolved (cancelled calls)
-//!   free their slot for another probe, so a cancelled call never wedges half-open.
 
 mod window;
 mod wrapper;
@@ -96,8 +76,31 @@ impl BreakerOpen {
     }
 }
 
-/// A circuit breaker following Resilience4j's semantics (see the [module docs](self)),
-/// reading tokio's clock so `tokio::time::pause` drives it.
+/// A circuit breaker following Resilience4j's semantics, reading tokio's clock so
+/// `tokio::time::pause` drives it.
+///
+/// States: **closed** (calls pass and are recorded in a sliding window), **open** (calls
+/// are refused for `open_for`), **half-open** (exactly `half_open` probe calls pass; when
+/// all of them have completed, their rates decide: below both thresholds -> closed with
+/// a fresh window, otherwise open again).
+///
+/// In the closed state, once the window holds at least `min_calls` calls (for a count
+/// window, at most its size), each recorded call checks the failure rate and the
+/// slow-call rate; either at or above its threshold opens the breaker. A call is slow
+/// when it took strictly longer than `slow_call`; a slow failure counts as both. A time
+/// window of `d` counts the calls of the current second of the breaker's age and the
+/// `d - 1` before it (`d` rounded up to whole seconds).
+///
+/// Where we differ from Resilience4j, on purpose:
+/// - A result that arrives after the breaker changed state (a call admitted while closed
+///   that finishes after the breaker opened) is discarded, so the half-open verdict is
+///   made on the probes alone.
+/// - The open -> half-open move happens when someone asks for a permit after `open_for`
+///   (Resilience4j's default, with no automatic transition); [`acquire`](Self::acquire)
+///   sleeps until then, so waiting callers see it on time.
+/// - Probes that are ignored (permanent errors) or dropped unresolved (cancelled calls)
+///   free their slot for another probe, so a cancelled call never wedges half-open.
+/// - Zero `half_open` counts as 1 and a zero-sized count window as 1 call.
 ///
 /// Ask for a [`Permit`] before each call ([`try_acquire`](Self::try_acquire) refuses at
 /// once, [`acquire`](Self::acquire) waits), then resolve it with the call's outcome.
@@ -360,7 +363,11 @@ impl CircuitBreaker {
         }
         let opts = &self.cfg.opts;
         let slow = outcome != Outcome::Ignore && opts.slow_call.is_some_and(|t| elapsed > t);
-        let bits = if outcome == Outcome::Failure { FAILED } else { 0 } | if slow { SLOW } else { 0 };
+        let bits = if outcome == Outcome::Failure {
+            FAILED
+        } else {
+            0
+        } | if slow { SLOW } else { 0 };
         let clock = if closed && self.cfg.time_window {
             Instant::now()
         } else {
@@ -393,7 +400,7 @@ impl CircuitBreaker {
                 } else {
                     done.add(bits);
                     let done = *done;
-                    if done.calls > self.cfg.half_open {
+                    if done.calls >= self.cfg.half_open {
                         if self.tripped(&done) {
                             (Some(self.open_phase()), done)
                         } else {
@@ -472,7 +479,9 @@ impl CircuitBreaker {
     fn lock(&self) -> MutexGuard<'_, Core> {
         // Every update under the lock is a few plain stores; a panic elsewhere cannot
         // leave it half-done, so a poisoned lock is still consistent.
-        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -529,7 +538,8 @@ impl<'a> Permit<'a> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.resolved {
-            self.breaker.finish(self.epoch, Outcome::Ignore, Duration::ZERO);
+            self.breaker
+                .finish(self.epoch, Outcome::Ignore, Duration::ZERO);
         }
     }
 }

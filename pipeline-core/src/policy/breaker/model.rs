@@ -52,17 +52,28 @@ fn cfg() -> impl Strategy<Value = Cfg> {
         (1u32..=6).prop_map(Window::Count),
         (1u64..=3).prop_map(|s| Window::Time(Duration::from_secs(s))),
     ];
-    (window, 0u32..=6, 1u32..=100, 1u32..=100, any::<bool>(), 1u64..=3000, 1u32..=3).prop_map(
-        |(window, min_calls, failure_pct, slow_pct, slow_tracking, open_for_ms, half_open)| Cfg {
-            window,
-            min_calls,
-            failure_pct,
-            slow_pct,
-            slow_tracking,
-            open_for_ms,
-            half_open,
-        },
+    (
+        window,
+        0u32..=6,
+        1u32..=100,
+        1u32..=100,
+        any::<bool>(),
+        1u64..=3000,
+        1u32..=3,
     )
+        .prop_map(
+            |(window, min_calls, failure_pct, slow_pct, slow_tracking, open_for_ms, half_open)| {
+                Cfg {
+                    window,
+                    min_calls,
+                    failure_pct,
+                    slow_pct,
+                    slow_tracking,
+                    open_for_ms,
+                    half_open,
+                }
+            },
+        )
 }
 
 fn how() -> impl Strategy<Value = How> {
@@ -141,7 +152,10 @@ impl Model {
         match &mut self.phase {
             MPhase::Closed => Ok(self.epoch),
             MPhase::Open { until } if self.now >= *until => {
-                self.go(MPhase::HalfOpen { out: 1, done: vec![] });
+                self.go(MPhase::HalfOpen {
+                    out: 1,
+                    done: vec![],
+                });
                 Ok(self.epoch)
             }
             MPhase::Open { until } => Err(Some(*until)),
@@ -217,7 +231,10 @@ impl Model {
 }
 
 fn finish(permit: Permit<'_>, how: How) {
-    let (fast, slow) = (Duration::from_millis(50), SLOW_CALL + Duration::from_millis(50));
+    let (fast, slow) = (
+        Duration::from_millis(50),
+        SLOW_CALL + Duration::from_millis(50),
+    );
     match how {
         How::Success => permit.success(fast),
         How::Failure => permit.failure(fast),
@@ -296,8 +313,19 @@ async fn check(cfg: Cfg, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         prop_assert_eq!(ms(Instant::now()), model.now, "step {}: clock", step);
-        prop_assert_eq!(breaker.state(), model.state(), "step {}: {:?}", step, model.phase);
-        prop_assert_eq!(breaker.transitions(), model.epoch, "step {}: transitions", step);
+        prop_assert_eq!(
+            breaker.state(),
+            model.state(),
+            "step {}: {:?}",
+            step,
+            model.phase
+        );
+        prop_assert_eq!(
+            breaker.transitions(),
+            model.epoch,
+            "step {}: transitions",
+            step
+        );
     }
     Ok(())
 }

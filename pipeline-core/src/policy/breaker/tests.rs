@@ -48,7 +48,9 @@ async fn run(name: &str, o: BreakerOptions, script: &str) {
             "i" => take().ignore(),
             "p" => held.push_back(take()),
             "ps" | "pf" | "pd" => {
-                let p = held.pop_front().unwrap_or_else(|| panic!("{at}: none held"));
+                let p = held
+                    .pop_front()
+                    .unwrap_or_else(|| panic!("{at}: none held"));
                 match token {
                     "ps" => p.success(fast),
                     "pf" => p.failure(fast),
@@ -73,34 +75,106 @@ async fn resilience4j_conformance_table() {
     let count = |n, min, half| opts(Window::Count(n), min, half);
     let time = |s, min, half| opts(Window::Time(Duration::from_secs(s)), min, half);
     let cases: &[(&str, BreakerOptions, &str)] = &[
-        ("no evaluation before min_calls", count(10, 5, 1), "f f f f =C f =O !"),
-        ("below the threshold stays closed", count(10, 5, 1), "s s s f f =C s s s s f =C"),
-        ("the threshold itself opens (>=)", count(10, 4, 1), "s f s =C f =O"),
-        ("count window evicts old calls", {
-            let mut o = count(4, 4, 1);
-            o.failure_rate = 0.75;
-            o
-        }, "f f s s =C f =C f =C f =O"),
-        ("min_calls is capped by the count window", count(3, 10, 1), "f f =C f =O"),
+        (
+            "no evaluation before min_calls",
+            count(10, 5, 1),
+            "f f f f =C f =O !",
+        ),
+        (
+            "below the threshold stays closed",
+            count(10, 5, 1),
+            "s s s f f =C s s s s f =C",
+        ),
+        (
+            "the threshold itself opens (>=)",
+            count(10, 4, 1),
+            "s f s =C f =O",
+        ),
+        (
+            "count window evicts old calls",
+            {
+                let mut o = count(4, 4, 1);
+                o.failure_rate = 0.75;
+                o
+            },
+            "f f s s =C f =C f =C f =O",
+        ),
+        (
+            "min_calls is capped by the count window",
+            count(3, 10, 1),
+            "f f =C f =O",
+        ),
         ("slow successes open", count(4, 4, 1), "S S s =C s =O"),
         ("slow failures count twice", count(4, 4, 1), "F s s =C s =C"),
-        ("no slow tracking without slow_call", {
-            let mut o = count(4, 4, 1);
-            o.slow_call = None;
-            o
-        }, "S S S S =C"),
-        ("ignored calls do not count", count(4, 4, 1), "i i i i i f s s =C f =O"),
-        ("open refuses until open_for", count(2, 2, 1), "f f =O ! +999 ! =O +1 p =H ps =C"),
-        ("half-open permits exactly n probes", count(2, 2, 2), "f f +1000 p p ! ps =H ! ps =C"),
-        ("half-open failure re-opens", count(2, 2, 2), "f f +1000 f =H s =O ! +999 ! +1 s s =C"),
-        ("half-open slow probes re-open", count(2, 2, 2), "f f +1000 S S =O"),
-        ("closing resets the window", count(4, 4, 4), "f f f f +1000 s s s f =C f f f =C f =O"),
-        ("a dropped probe frees its slot", count(2, 2, 1), "f f +1000 p =H ! pd s =C"),
-        ("an ignored probe frees its slot", count(2, 2, 1), "f f +1000 i =H s =C"),
-        ("stale results are discarded", count(4, 4, 1), "p f f f f =O +1000 p =H pf =H ps =C"),
-        ("time window: expired calls drop out", time(2, 3, 1), "f f +2000 f =C f =C f =O"),
-        ("time window: buckets are whole seconds", time(2, 3, 1), "f +1000 f +999 s =O"),
-        ("time window: min_calls not capped", time(1, 10, 1), "f f f f f f f f f =C f =O"),
+        (
+            "no slow tracking without slow_call",
+            {
+                let mut o = count(4, 4, 1);
+                o.slow_call = None;
+                o
+            },
+            "S S S S =C",
+        ),
+        (
+            "ignored calls do not count",
+            count(4, 4, 1),
+            "i i i i i f s s =C f =O",
+        ),
+        (
+            "open refuses until open_for",
+            count(2, 2, 1),
+            "f f =O ! +999 ! =O +1 p =H ps =C",
+        ),
+        (
+            "half-open permits exactly n probes",
+            count(2, 2, 2),
+            "f f +1000 p p ! ps =H ! ps =C",
+        ),
+        (
+            "half-open failure re-opens",
+            count(2, 2, 2),
+            "f f +1000 f =H s =O ! +999 ! +1 s s =C",
+        ),
+        (
+            "half-open slow probes re-open",
+            count(2, 2, 2),
+            "f f +1000 S S =O",
+        ),
+        (
+            "closing resets the window",
+            count(4, 4, 4),
+            "f f f f +1000 s s s f =C f f f =C f =O",
+        ),
+        (
+            "a dropped probe frees its slot",
+            count(2, 2, 1),
+            "f f +1000 p =H ! pd s =C",
+        ),
+        (
+            "an ignored probe frees its slot",
+            count(2, 2, 1),
+            "f f +1000 i =H s =C",
+        ),
+        (
+            "stale results are discarded",
+            count(4, 4, 1),
+            "p f f f f =O +1000 p =H pf =H ps =C",
+        ),
+        (
+            "time window: expired calls drop out",
+            time(2, 3, 1),
+            "f f +2000 f =C f =C f =O",
+        ),
+        (
+            "time window: buckets are whole seconds",
+            time(2, 3, 1),
+            "f +1000 f +999 s =O",
+        ),
+        (
+            "time window: min_calls not capped",
+            time(1, 10, 1),
+            "f f f f f f f f f =C f =O",
+        ),
     ];
     for (name, o, script) in cases {
         run(name, o.clone(), script).await;
@@ -151,8 +225,18 @@ async fn waiters_sleep_until_open_for_then_queue_behind_the_probe() {
             start.elapsed()
         })
     };
-    assert_eq!(prober.await.ok(), Some(Duration::from_secs(1)));
-    assert_eq!(waiter.await.ok(), Some(Duration::from_millis(1500)));
+    // Bounded waits: in paused time a lost wake-up would otherwise hang the test.
+    let limit = Duration::from_secs(60);
+    let prober = tokio::time::timeout(limit, prober).await;
+    assert_eq!(
+        prober.ok().and_then(Result::ok),
+        Some(Duration::from_secs(1))
+    );
+    let waiter = tokio::time::timeout(limit, waiter).await;
+    assert_eq!(
+        waiter.ok().and_then(Result::ok),
+        Some(Duration::from_millis(1500))
+    );
     assert_eq!(b.state(), BreakerState::Closed);
 }
 
@@ -168,10 +252,41 @@ async fn a_cancelled_wait_and_a_cancelled_probe_do_not_wedge_half_open() {
         std::future::pending::<()>().await; // the call never finishes...
     };
     // ...and is cancelled by its timeout, dropping the unresolved probe.
-    assert!(tokio::time::timeout(Duration::from_millis(10), call).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), call)
+            .await
+            .is_err()
+    );
     assert_eq!(b.state(), BreakerState::HalfOpen);
     let probe = tokio::time::timeout(Duration::from_millis(1), b.acquire()).await;
     assert!(probe.is_ok(), "the probe slot came back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ignored_probe_wakes_a_waiter_at_once() {
+    let b = Arc::new(CircuitBreaker::new("b", &opts(Window::Count(1), 1, 1)));
+    b.force_open();
+    advance(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    let probe = b.try_acquire();
+    assert!(probe.is_ok());
+    let waiter = {
+        let b = Arc::clone(&b);
+        tokio::spawn(async move {
+            let limit = Duration::from_secs(60);
+            let permit = tokio::time::timeout(limit, b.acquire()).await;
+            permit
+                .map(|p| p.success(Duration::ZERO))
+                .is_ok()
+                .then(|| start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    probe.map(Permit::ignore).ok(); // a permanent error: the slot goes back
+    let waited = waiter.await.ok().flatten();
+    assert_eq!(waited, Some(Duration::from_millis(300)));
+    assert_eq!(b.state(), BreakerState::Closed);
 }
 
 /// Fails while `down`, with `permanent` errors for odd items.
@@ -213,7 +328,10 @@ async fn wrapper_fail_fast_refuses_and_ignores_permanent_errors() {
     for _ in 0..5 {
         assert!(stage.call(1, &cx).await.is_err()); // permanent: not counted
     }
-    assert_eq!(stage.breaker().map(|b| b.state()), Some(BreakerState::Closed));
+    assert_eq!(
+        stage.breaker().map(|b| b.state()),
+        Some(BreakerState::Closed)
+    );
     assert!(matches!(stage.call(2, &cx).await, Err(Failure::Call(_))));
     assert!(matches!(stage.call(2, &cx).await, Err(Failure::Call(_))));
     let err = stage.call(2, &cx).await.err();
@@ -229,12 +347,19 @@ async fn wrapper_wait_mode_backpressures_then_resumes() {
     let _ = stage.call(2, &cx).await;
     let _ = stage.call(2, &cx).await;
     assert_eq!(stage.breaker().map(|b| b.state()), Some(BreakerState::Open));
-    stage.get_ref().get_ref().down.store(false, std::sync::atomic::Ordering::Relaxed);
+    stage
+        .get_ref()
+        .get_ref()
+        .down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
     // Waits the open period instead of failing; the probe succeeds and closes it.
     assert_eq!(stage.call(4, &cx).await.ok(), Some(4));
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-    assert_eq!(stage.breaker().map(|b| b.state()), Some(BreakerState::Closed));
+    assert_eq!(
+        stage.breaker().map(|b| b.state()),
+        Some(BreakerState::Closed)
+    );
     assert_eq!(stage.counters().breaker_waits(), 1);
 }
 

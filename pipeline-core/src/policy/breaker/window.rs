@@ -58,7 +58,9 @@ impl SlidingWindow {
     /// `d` rounded up to whole seconds, at least one.
     pub(super) fn time(d: Duration, origin: Instant) -> Self {
         let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-        let n = usize::try_from(secs.max(1)).unwrap_or(usize::MAX).min(1 << 20);
+        let n = usize::try_from(secs.max(1))
+            .unwrap_or(usize::MAX)
+            .min(1 << 20);
         SlidingWindow::Time(TimeWindow {
             buckets: vec![Bucket::default(); n].into_boxed_slice(),
             origin,

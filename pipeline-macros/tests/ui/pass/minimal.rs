@@ -1,3 +1,5 @@
+#![deny(warnings)]
+
 use pipeline_core::prelude::*;
 
 #[stage]
@@ -6,5 +8,6 @@ async fn parse(line: String) -> u64 {
 }
 
 fn main() {
+    let _ = parse;
     let _ = Parse;
 }

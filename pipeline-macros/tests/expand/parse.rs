@@ -1,0 +1,4 @@
+#[stage]
+async fn parse(line: &str) -> Option<Order> {
+    line.parse().ok()
+}

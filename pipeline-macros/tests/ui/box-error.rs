@@ -1,0 +1,8 @@
+use pipeline_core::prelude::*;
+
+#[stage]
+async fn parse(line: String) -> Result<u64, BoxError> {
+    Ok(line.trim().parse()?)
+}
+
+fn main() {}

@@ -1,0 +1,275 @@
+//! RELIABILITY.md tests 2, 4, 6, 7 and the breaker's wait mode, on whole pipelines in
+//! paused time.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pipeline_core::options::{
+    BreakerOptions, RateOptions, RestartOptions, RetryOptions, Window,
+};
+use pipeline_core::prelude::*;
+use pipeline_core::sink::{Sink, WriteError};
+use pipeline_core::testing;
+use pipeline_core::{Health, Outcome};
+
+#[derive(Debug)]
+struct Down;
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dependency down")
+    }
+}
+impl std::error::Error for Down {}
+
+fn quiet_injected_panics() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload().downcast_ref::<&str>().copied().unwrap_or("");
+        if !msg.starts_with("injected") && !msg.starts_with("poison") {
+            default_hook(info);
+        }
+    }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_back_off_within_jitter_bounds_and_timeouts_fire_on_time() {
+    let calls: Arc<Mutex<Vec<(u32, tokio::time::Instant)>>> = Arc::default();
+    let log = Arc::clone(&calls);
+    let mut retry = RetryOptions::new(4);
+    retry.backoff = Duration::from_millis(100);
+    retry.max_backoff = Duration::from_millis(250);
+    retry.jitter = true;
+    let start = tokio::time::Instant::now();
+    let run = testing::run([1u64], move |b| {
+        b.stage(stage::map_fn("hang", move |n: u64| {
+            let log = Arc::clone(&log);
+            async move {
+                let attempt = log.lock().unwrap().len() as u32 + 1;
+                log.lock().unwrap().push((attempt, tokio::time::Instant::now()));
+                // Hangs: only the timeout ends an attempt.
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(n)
+            }
+        }))
+        .timeout(Duration::from_millis(50))
+        .retry(retry)
+    })
+    .await;
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 4, "four attempts in all");
+    // Gap i = 50 ms timeout + a full-jitter delay in 0..=min(100 * 2^i, 250) ms.
+    for (i, pair) in calls.windows(2).enumerate() {
+        let gap = pair[1].1 - pair[0].1;
+        let cap = Duration::from_millis((100u64 << i).min(250));
+        assert!(gap >= Duration::from_millis(50), "gap {i}: {gap:?}");
+        assert!(gap <= Duration::from_millis(50) + cap, "gap {i}: {gap:?} > 50ms + {cap:?}");
+    }
+    let dl = &run.dead_letters[0];
+    assert_eq!((dl.attempts, dl.stage.as_str()), (4, "hang"));
+    assert!(dl.error.contains("timed out"), "{}", dl.error);
+    assert!(start.elapsed() <= Duration::from_millis(4 * 50 + 100 + 200 + 250 + 10));
+    assert_eq!(run.report.stage("hang").unwrap().timeouts, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_budget_caps_retries_when_everything_fails_and_nothing_is_lost() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&calls);
+    let mut retry = RetryOptions::new(5);
+    retry.backoff = Duration::from_millis(1);
+    retry.jitter = false;
+    retry.budget = Some(0.2);
+    let run = testing::run(0..2_000u64, move |b| {
+        b.stage(stage::map_fn("down", move |_n: u64| {
+            c.fetch_add(1, Ordering::Relaxed);
+            async { Err::<u64, _>(Down) }
+        }))
+        .concurrency(8)
+        .retry(retry)
+    })
+    .await;
+    let report = &run.report;
+    let retries = report.stage("down").unwrap().retries;
+    // Without a budget: 4 retries per item = 8_000. With 20% of recent calls plus a
+    // small floor per second, far fewer.
+    assert!(retries < 2_000 * 4 / 2, "retries {retries}");
+    assert!(retries >= 2_000 / 5 / 2, "the budget allowed some retries ({retries})");
+    assert_eq!(calls.load(Ordering::Relaxed), 2_000 + retries);
+    assert_eq!(report.dead_lettered, 2_000, "nothing lost: every item dead-lettered");
+    assert!(report.is_balanced());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_waits_instead_of_dumping_items() {
+    let down = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&down);
+    let mut breaker = BreakerOptions::default();
+    breaker.window = Window::Count(10);
+    breaker.min_calls = 5;
+    breaker.failure_rate = 0.5;
+    breaker.open_for = Duration::from_secs(1);
+    breaker.half_open = 1;
+    let mut retry = RetryOptions::new(50);
+    retry.backoff = Duration::from_millis(100);
+    retry.max_backoff = Duration::from_millis(100);
+    retry.jitter = false;
+    let (sink, out) = sink::collect::<u64>();
+    let handle = Pipeline::builder("outage")
+        .source(source::iter(0..500u64))
+        .stage(stage::map_fn("call", move |n: u64| {
+            let down = flag.load(Ordering::SeqCst);
+            async move { if down { Err(Down) } else { Ok(n) } }
+        }))
+        .concurrency(4)
+        .buffer(16)
+        .breaker(breaker)
+        .retry(retry)
+        .sink(sink)
+        .spawn();
+    // Ten seconds of outage: the breaker opens and the stage stops pulling input.
+    let mut degraded = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        degraded |= handle.health() == Health::Degraded;
+        let stats = handle.stats();
+        assert!(stats.in_flight <= 16 + 4 + 16 + 16 + 1024 + 256, "{}", stats.in_flight);
+    }
+    assert!(degraded, "health showed the open breaker");
+    let during = handle.stats();
+    assert!(during.emitted < 500, "the source was held back ({} emitted)", during.emitted);
+    assert_eq!(during.stage("call").unwrap().errors, 0, "nothing given up during the outage");
+    down.store(false, Ordering::SeqCst);
+    let report = handle.join().await.unwrap();
+    assert_eq!(report.delivered, 500, "{report}");
+    assert_eq!(report.dead_lettered, 0);
+    assert_eq!(out.len(), 500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_spaces_calls() {
+    let start = tokio::time::Instant::now();
+    let run = testing::run(0..300u64, |b| {
+        b.stage(stage::map_fn("api", |n: u64| async move { Ok::<_, Infallible>(n) }))
+            .concurrency(8)
+            .rate(RateOptions::new(100, Duration::from_secs(1)))
+    })
+    .await;
+    assert_eq!(run.delivered.len(), 300);
+    // 100 at once (the burst), then 100 per second.
+    assert!(start.elapsed() >= Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(start.elapsed() <= Duration::from_secs(3), "{:?}", start.elapsed());
+}
+
+/// Mutable per-stage state: counts calls since the last restart, panics on poison.
+struct Stateful {
+    since_restart: AtomicU64,
+    restarts: Arc<AtomicU64>,
+}
+
+impl Stage for Stateful {
+    type In = u64;
+    type Output = u64;
+    type Shape = Map;
+    type Error = Infallible;
+
+    async fn call(&self, n: u64, _cx: &Context) -> Result<u64, Infallible> {
+        self.since_restart.fetch_add(1, Ordering::SeqCst);
+        if n % 1_000 == 999 {
+            panic!("poison {n}");
+        }
+        Ok(n)
+    }
+
+    fn restart(&self) {
+        self.since_restart.store(0, Ordering::SeqCst);
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_costs_one_attempt_of_one_item_and_rebuilds_the_stage() {
+    quiet_injected_panics();
+    let restarts = Arc::new(AtomicU64::new(0));
+    let stage = Stateful { since_restart: AtomicU64::new(0), restarts: Arc::clone(&restarts) };
+    let mut retry = RetryOptions::new(3);
+    retry.backoff = Duration::from_millis(1);
+    let run = testing::run(0..100_000u64, |b| b.stage(stage).name("stateful").retry(retry)).await;
+    // 100 poison items, each panicking on all 3 attempts, then dead-lettered.
+    assert_eq!(run.report.dead_lettered, 100);
+    assert_eq!(run.delivered.len(), 99_900, "good items unaffected");
+    assert!(run.dead_letters.iter().all(|d| d.attempts == 3 && d.error.contains("poison")));
+    assert_eq!(restarts.load(Ordering::SeqCst), 300, "one restart per panic");
+    let row = run.report.stage("stateful").unwrap();
+    assert_eq!((row.panics, row.restarts), (300, 300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_many_restarts_stop_the_pipeline_naming_the_stage() {
+    quiet_injected_panics();
+    let stage = Stateful { since_restart: AtomicU64::new(0), restarts: Arc::default() };
+    let (sink, _) = sink::collect::<u64>();
+    let err = Pipeline::builder("escalate")
+        .source(source::iter(0..1_000_000u64))
+        .stage(stage)
+        .name("fragile")
+        .restart(RestartOptions::new(2, Duration::from_secs(3_600)))
+        .sink(sink)
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure.stage, "fragile");
+    assert!(err.failure.error.contains("restart limit"), "{}", err.failure.error);
+    assert!(err.report.is_balanced(), "{}", err.report);
+    assert!(err.report.emitted < 1_000_000, "the sources stopped");
+    assert_eq!(err.report.dead_lettered, 3);
+}
+
+/// A sink that panics before writing a batch containing a multiple of 500, or after
+/// writing one containing a multiple of 777.
+struct Panicky {
+    written: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Sink for Panicky {
+    type Item = u64;
+    async fn write(&mut self, items: &mut Vec<u64>) -> Result<(), WriteError> {
+        if items.iter().any(|n| n % 500 == 499) {
+            panic!("injected panic before the write");
+        }
+        self.written.lock().unwrap().extend(items.iter().copied());
+        if items.iter().any(|n| n % 777 == 776) {
+            panic!("injected panic after the write");
+        }
+        items.clear();
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sink_panics_before_and_after_the_write_are_contained() {
+    quiet_injected_panics();
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let (dead, dead_out) = sink::collect();
+    let report = Pipeline::builder("panicky-sink")
+        .source(source::iter(0..10_000u64))
+        .stage(stage::map_fn("id", |n: u64| async move { Ok::<_, Infallible>(n) }))
+        .buffer(32)
+        .sink(Panicky { written: Arc::clone(&written) })
+        .buffer(32)
+        .dead_letter(dead)
+        .run()
+        .await
+        .unwrap();
+    assert!(report.is_balanced());
+    assert!(report.dead_lettered > 0);
+    assert_eq!(report.delivered + report.dead_lettered, 10_000);
+    let letters = dead_out.take();
+    assert!(letters.iter().all(|d| d.error.contains("sink panicked")));
+    let written = written.lock().unwrap();
+    // Panic after the write: those items were written and also dead-lettered
+    // (at-least-once). Every delivered item was written.
+    assert!(written.len() as u64 >= report.delivered);
+    assert_eq!(report.count(Outcome::Failed), 0);
+}
