@@ -285,6 +285,7 @@ fn ratios(opts: &Opts) -> Res<()> {
             &[
                 V::BItem,
                 V::BBatch,
+                V::BBatchSync,
                 V::BFused,
                 V::Fw,
                 V::FwGuarded,
@@ -336,9 +337,9 @@ fn ratios(opts: &Opts) -> Res<()> {
     if let Some((_, g)) = groups.iter().find(|(ty, _)| *ty == Ty::U64) {
         rows.push(Row::new(
             "map4 u64, sync fns",
-            "map4-sync / B-batch",
+            "map4-sync / B-batch-sync",
             Unit::Ratio,
-            g.ratio(V::FwSync, V::BBatch),
+            g.ratio(V::FwSync, V::BBatchSync),
             Target::AtLeast(0.6),
         ));
     }
@@ -602,6 +603,7 @@ fn instruction_counts(opts: &Opts) -> Res<()> {
     std::fs::create_dir_all(&scratch)?;
     let variants = [
         V::BBatch,
+        V::BBatchSync,
         V::BFused,
         V::Fw,
         V::FwSync,

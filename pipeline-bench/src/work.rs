@@ -156,6 +156,9 @@ pub(crate) enum V {
     BItem,
     /// Task per stage, tokio mpsc of `Vec<T>` batches of 256, 1024 items of capacity.
     BBatch,
+    /// B-batch with plain (sync) stage fns mapped in place: BENCHMARKS.md's
+    /// 27-instructions-per-item reference.
+    BBatchSync,
     /// One fused `futures::Stream` with `.then` stages.
     BFused,
     /// The framework, policies off.
@@ -175,9 +178,10 @@ pub(crate) enum V {
 }
 
 impl V {
-    pub(crate) const ALL: [V; 10] = [
+    pub(crate) const ALL: [V; 11] = [
         V::BItem,
         V::BBatch,
+        V::BBatchSync,
         V::BFused,
         V::Fw,
         V::FwGuarded,
@@ -192,6 +196,7 @@ impl V {
         match self {
             V::BItem => "B-item",
             V::BBatch => "B-batch",
+            V::BBatchSync => "B-batch-sync",
             V::BFused => "B-fused",
             V::Fw => "map4",
             V::FwGuarded => "map4-guarded",
@@ -232,6 +237,7 @@ fn map4<T: Item>(v: V, n: u64) -> Run {
     match v {
         V::BItem => Box::pin(b_item::<T>(n)),
         V::BBatch => Box::pin(b_batch::<T>(n)),
+        V::BBatchSync => Box::pin(b_batch_sync::<T>(n)),
         V::BFused => Box::pin(b_fused::<T>(n)),
         V::FwGuarded => Box::pin(fw_map4::<T>(n, true)),
         _ => Box::pin(fw_map4::<T>(n, false)),
@@ -536,6 +542,55 @@ async fn b_batch<T: Item>(n: u64) -> Res<Tally> {
         task.await?;
     }
     check(tally, n, "B-batch")
+}
+
+async fn sync_stage<T: Item>(
+    mut rx: mpsc::Receiver<Vec<T>>,
+    tx: mpsc::Sender<Vec<T>>,
+    f: fn(T) -> T,
+) {
+    while let Some(batch) = rx.recv().await {
+        // `into_iter().map().collect()` reuses the batch's allocation.
+        let out: Vec<T> = batch.into_iter().map(f).collect();
+        if tx.send(out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// B-batch with plain stage fns, each batch mapped in place.
+async fn b_batch_sync<T: Item>(n: u64) -> Res<Tally> {
+    let cap = (EDGE_ITEMS / BATCH).max(1);
+    let (tx0, rx0) = mpsc::channel::<Vec<T>>(cap);
+    let (tx1, rx1) = mpsc::channel::<Vec<T>>(cap);
+    let (tx2, rx2) = mpsc::channel::<Vec<T>>(cap);
+    let (tx3, mut rx3) = mpsc::channel::<Vec<T>>(cap);
+    let tasks = [
+        tokio::spawn(async move {
+            let mut i = 0;
+            while i < n {
+                let end = (i + BATCH as u64).min(n);
+                let batch: Vec<T> = (i..end).map(T::make).collect();
+                if tx0.send(batch).await.is_err() {
+                    return;
+                }
+                i = end;
+            }
+        }),
+        tokio::spawn(sync_stage(rx0, tx1, T::s1)),
+        tokio::spawn(sync_stage(rx1, tx2, T::s2)),
+        tokio::spawn(sync_stage(rx2, tx3, T::s3)),
+    ];
+    let mut tally = Tally::default();
+    while let Some(batch) = rx3.recv().await {
+        for x in batch {
+            tally.add(&x);
+        }
+    }
+    for task in tasks {
+        task.await?;
+    }
+    check(tally, n, "B-batch-sync")
 }
 
 async fn item_stage<T, F, Fut>(mut rx: mpsc::Receiver<T>, tx: mpsc::Sender<T>, f: F)

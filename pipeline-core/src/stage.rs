@@ -64,6 +64,14 @@ pub trait Stage: Send + Sync + 'static {
         cx: &Context,
     ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
 
+    /// How a dead letter of this stage shows the failed input, when it should: the runtime
+    /// then keeps a copy of each input while it is processed (one clone per item) and, if
+    /// the item is dead-lettered, puts `f(&item)` in [`DeadLetter::item`](crate::DeadLetter::item).
+    /// `None` (the default) keeps nothing and costs nothing.
+    ///
+    /// [`show_items_as_json`] and [`show_items_as_debug`] set it for any stage.
+    const DEAD_LETTER_ITEM: Option<fn(&Self::In) -> Option<serde_json::Value>> = None;
+
     /// Whether `error` must not be retried. Permanent errors skip the remaining attempts
     /// and do not count as circuit-breaker failures. Default: every error is retryable.
     fn is_permanent(&self, error: &Self::Error) -> bool {
@@ -243,5 +251,123 @@ where
             name: Some(self.name.into()),
             ..StageOptions::default()
         }
+    }
+}
+
+/// A stage whose dead letters carry the failed input as JSON.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use pipeline_core::prelude::*;
+///
+/// let parse = stage::show_items_as_json(stage::map_fn("parse", |s: String| async move {
+///     s.parse::<u64>()
+/// }));
+/// let (dead, letters) = sink::collect();
+/// Pipeline::builder("json")
+///     .source(source::iter(["12".to_string(), "x".to_string()]))
+///     .stage(parse)
+///     .sink(sink::collect().0)
+///     .dead_letter(dead)
+///     .run()
+///     .await
+///     .unwrap();
+/// assert_eq!(letters.take()[0].item, Some(serde_json::json!("x")));
+/// # }
+/// ```
+pub fn show_items_as_json<S>(stage: S) -> ShowItems<S, AsJson>
+where
+    S: Stage,
+    S::In: serde::Serialize,
+{
+    ShowItems {
+        stage,
+        _how: std::marker::PhantomData,
+    }
+}
+
+/// A stage whose dead letters carry the failed input's `Debug` text.
+///
+/// ```
+/// let stage = pipeline_core::stage::show_items_as_debug(pipeline_core::stage::map_fn(
+///     "id",
+///     |n: u64| async move { Ok::<_, std::convert::Infallible>(n) },
+/// ));
+/// # let _ = stage;
+/// ```
+pub fn show_items_as_debug<S>(stage: S) -> ShowItems<S, AsDebug>
+where
+    S: Stage,
+    S::In: std::fmt::Debug,
+{
+    ShowItems {
+        stage,
+        _how: std::marker::PhantomData,
+    }
+}
+
+/// See [`show_items_as_json`] and [`show_items_as_debug`].
+pub struct ShowItems<S, How> {
+    stage: S,
+    _how: std::marker::PhantomData<fn() -> How>,
+}
+
+impl<S: std::fmt::Debug, How> std::fmt::Debug for ShowItems<S, How> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ShowItems").field(&self.stage).finish()
+    }
+}
+
+/// Dead letters show items as JSON.
+#[derive(Debug)]
+pub enum AsJson {}
+/// Dead letters show items as their `Debug` text.
+#[derive(Debug)]
+pub enum AsDebug {}
+
+/// How [`ShowItems`] renders an item.
+pub trait ShowItem<T>: Send + Sync + 'static {
+    /// The rendering.
+    fn show(item: &T) -> Option<serde_json::Value>;
+}
+
+impl<T: serde::Serialize> ShowItem<T> for AsJson {
+    fn show(item: &T) -> Option<serde_json::Value> {
+        serde_json::to_value(item).ok()
+    }
+}
+
+impl<T: std::fmt::Debug> ShowItem<T> for AsDebug {
+    fn show(item: &T) -> Option<serde_json::Value> {
+        Some(serde_json::Value::String(format!("{item:?}")))
+    }
+}
+
+impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How> {
+    type In = S::In;
+    type Output = S::Output;
+    type Shape = S::Shape;
+    type Error = S::Error;
+
+    const DEAD_LETTER_ITEM: Option<fn(&Self::In) -> Option<serde_json::Value>> = Some(How::show);
+
+    fn call(
+        &self,
+        item: S::In,
+        cx: &Context,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send {
+        self.stage.call(item, cx)
+    }
+
+    fn is_permanent(&self, error: &S::Error) -> bool {
+        self.stage.is_permanent(error)
+    }
+
+    fn restart(&self) {
+        self.stage.restart();
+    }
+
+    fn options(&self) -> StageOptions {
+        self.stage.options()
     }
 }

@@ -291,6 +291,8 @@ where
     type Shape = S::Shape;
     type Error = Injected<S::Error>;
 
+    const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
+
     fn call(
         &self,
         item: S::In,

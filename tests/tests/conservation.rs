@@ -211,3 +211,45 @@ async fn conservation_holds_on_a_multi_thread_runtime() {
     assert!(report.is_balanced(), "{report}");
     assert_eq!(report.delivered + report.filtered, 200_000);
 }
+
+#[tokio::test]
+async fn dead_letters_carry_the_item_where_the_stage_shows_items() {
+    let (dead, letters) = sink::collect::<DeadLetter>();
+    let (sink, _) = sink::collect::<u64>();
+    Pipeline::builder("show")
+        .source(source::iter(["1", "two", "3"].map(String::from)))
+        .stage(stage::show_items_as_json(stage::map_fn("parse", |s: String| async move {
+            s.parse::<u64>()
+        })))
+        .sink(sink)
+        .dead_letter(dead)
+        .run()
+        .await
+        .unwrap();
+    let letters = letters.take();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].item, Some(serde_json::json!("two")));
+    assert_eq!(letters[0].error, "invalid digit found in string");
+
+    // A JSON-lines dead-letter file holds the same record.
+    let dir = std::env::temp_dir().join(format!("pipeline-dlq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dlq.jsonl");
+    let (sink, _) = sink::collect::<u64>();
+    Pipeline::builder("file")
+        .source(source::iter(["x", "4"].map(String::from)))
+        .stage(stage::show_items_as_debug(stage::map_fn("parse", |s: String| async move {
+            s.parse::<u64>()
+        })))
+        .sink(sink)
+        .dead_letter(sink::jsonl_file(&path))
+        .run()
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let record: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(record["stage"], "parse");
+    assert_eq!(record["item"], "\"x\"");
+    assert_eq!(record["attempts"], 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
