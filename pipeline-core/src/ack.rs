@@ -8,8 +8,10 @@
 //! [`Ledger`] counts each source item once, and the source's [`Ack`] runs with the statuses.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::sync::{AtomicU8, AtomicU64, AtomicUsize, Mutex};
 
 /// The final status of an item, from best to worst. A parent item takes the worst
 /// status of its descendants.
@@ -114,10 +116,19 @@ impl fmt::Debug for Ack {
 }
 
 /// Pipeline-wide conservation counters, in source items.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ledger {
     pub(crate) emitted: AtomicU64,
     pub(crate) outcomes: [AtomicU64; 6],
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            emitted: AtomicU64::new(0),
+            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Ledger {
@@ -241,7 +252,51 @@ impl Origin {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, pipeline_loom))]
+mod loom_tests {
+    use super::*;
+
+    /// Two threads finish the items of one source batch (one of them a flat-map parent
+    /// with an extra child) in every interleaving: the ack runs exactly once, after the
+    /// last outcome, with the worst status per item, and the ledger counts each item once.
+    #[test]
+    fn ack_fires_once_after_every_descendant() {
+        loom::model(|| {
+            let ledger = Arc::new(Ledger::default());
+            let acks = Arc::new(AtomicUsize::new(0));
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let (a, s) = (Arc::clone(&acks), Arc::clone(&seen));
+            let origin = Origin::root(
+                2,
+                &ledger,
+                Some(Ack::new(move |o: &[Outcome]| {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    s.lock().unwrap().extend_from_slice(o);
+                })),
+            );
+            origin.add_pending(1); // item 1 has two children
+            let o1 = Arc::clone(&origin);
+            let t1 = loom::thread::spawn(move || {
+                o1.finish(1, Outcome::DeadLettered);
+            });
+            let o2 = Arc::clone(&origin);
+            let t2 = loom::thread::spawn(move || {
+                o2.release(1); // item 0 delivered
+                o2.finish(1, Outcome::Filtered);
+            });
+            t1.join().unwrap();
+            t2.join().unwrap();
+            assert_eq!(acks.load(Ordering::SeqCst), 1);
+            assert_eq!(
+                *seen.lock().unwrap(),
+                vec![Outcome::Delivered, Outcome::DeadLettered]
+            );
+            assert_eq!(ledger.counts(), [1, 0, 0, 1, 0, 0]);
+        });
+    }
+}
+
+#[cfg(all(test, not(pipeline_loom)))]
 mod tests {
     use super::*;
 

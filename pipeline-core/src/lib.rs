@@ -72,6 +72,7 @@ pub mod source;
 pub mod stage;
 pub mod stats;
 pub mod supervise;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 
