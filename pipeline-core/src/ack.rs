@@ -312,7 +312,7 @@ mod tests {
         );
         origin.add_pending(1); // item 1 flat-maps into two children
         origin.finish(1, Outcome::Filtered);
-        origin.delivered(1); // item 0
+        origin.release(1); // item 0 delivered
         assert!(seen.lock().unwrap().is_empty());
         origin.finish(1, Outcome::DeadLettered);
         assert!(

@@ -70,7 +70,7 @@ pub trait Stage: Send + Sync + 'static {
     /// `None` (the default) keeps nothing and costs nothing.
     ///
     /// [`show_items_as_json`] and [`show_items_as_debug`] set it for any stage.
-    const DEAD_LETTER_ITEM: Option<fn(&Self::In) -> Option<serde_json::Value>> = None;
+    const DEAD_LETTER_ITEM: Option<ShowFn<Self::In>> = None;
 
     /// Whether `error` must not be retried. Permanent errors skip the remaining attempts
     /// and do not count as circuit-breaker failures. Default: every error is retryable.
@@ -89,6 +89,9 @@ pub trait Stage: Send + Sync + 'static {
         StageOptions::default()
     }
 }
+
+/// Renders a stage input for its dead letter; see [`Stage::DEAD_LETTER_ITEM`].
+pub type ShowFn<T> = fn(&T) -> Option<serde_json::Value>;
 
 /// The item type a stage emits downstream.
 pub type Emitted<S> = <<S as Stage>::Shape as Shape<<S as Stage>::Output>>::Item;
@@ -349,7 +352,7 @@ impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How> {
     type Shape = S::Shape;
     type Error = S::Error;
 
-    const DEAD_LETTER_ITEM: Option<fn(&Self::In) -> Option<serde_json::Value>> = Some(How::show);
+    const DEAD_LETTER_ITEM: Option<ShowFn<Self::In>> = Some(How::show);
 
     fn call(
         &self,

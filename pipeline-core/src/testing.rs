@@ -189,7 +189,9 @@ impl Faults {
 
     /// The fault for attempt `attempt` of the item with key `key`.
     pub fn draw(&self, key: u64, attempt: u32) -> Option<Fault> {
-        let r = unit(mix(self.seed ^ mix(key) ^ mix(u64::from(attempt).wrapping_mul(0x9e37))));
+        let r = unit(mix(self.seed
+            ^ mix(key)
+            ^ mix(u64::from(attempt).wrapping_mul(0x9e37))));
         let mut edge = self.panic;
         if r < edge {
             return Some(Fault::Panic);
@@ -291,7 +293,7 @@ where
     type Shape = S::Shape;
     type Error = Injected<S::Error>;
 
-    const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
+    const DEAD_LETTER_ITEM: Option<crate::stage::ShowFn<S::In>> = S::DEAD_LETTER_ITEM;
 
     fn call(
         &self,
@@ -339,10 +341,17 @@ mod tests {
         let again: Vec<_> = (0..100_000u64).map(|k| f.draw(k, 1)).collect();
         assert_eq!(draws, again);
         let count = |x: Fault| draws.iter().filter(|d| **d == Some(x)).count();
-        assert!((4_500..5_500).contains(&count(Fault::Error)), "{}", count(Fault::Error));
+        assert!(
+            (4_500..5_500).contains(&count(Fault::Error)),
+            "{}",
+            count(Fault::Error)
+        );
         assert!((800..1_200).contains(&count(Fault::Panic)));
         assert!((50..150).contains(&count(Fault::Permanent)));
         // Another attempt of the same item draws independently.
-        assert_ne!(draws, (0..100_000u64).map(|k| f.draw(k, 2)).collect::<Vec<_>>());
+        assert_ne!(
+            draws,
+            (0..100_000u64).map(|k| f.draw(k, 2)).collect::<Vec<_>>()
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Invariant 1 (conservation): every source item ends in exactly one final outcome, every
 //! id reaches the sink exactly once when it should, and the report's ledger balances.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -218,9 +219,10 @@ async fn dead_letters_carry_the_item_where_the_stage_shows_items() {
     let (sink, _) = sink::collect::<u64>();
     Pipeline::builder("show")
         .source(source::iter(["1", "two", "3"].map(String::from)))
-        .stage(stage::show_items_as_json(stage::map_fn("parse", |s: String| async move {
-            s.parse::<u64>()
-        })))
+        .stage(stage::show_items_as_json(stage::map_fn(
+            "parse",
+            |s: String| async move { s.parse::<u64>() },
+        )))
         .sink(sink)
         .dead_letter(dead)
         .run()
@@ -238,9 +240,10 @@ async fn dead_letters_carry_the_item_where_the_stage_shows_items() {
     let (sink, _) = sink::collect::<u64>();
     Pipeline::builder("file")
         .source(source::iter(["x", "4"].map(String::from)))
-        .stage(stage::show_items_as_debug(stage::map_fn("parse", |s: String| async move {
-            s.parse::<u64>()
-        })))
+        .stage(stage::show_items_as_debug(stage::map_fn(
+            "parse",
+            |s: String| async move { s.parse::<u64>() },
+        )))
         .sink(sink)
         .dead_letter(sink::jsonl_file(&path))
         .run()

@@ -1,5 +1,6 @@
 //! Pipelines built from `#[stage]` functions, end to end, with faults injected: every
 //! option acts in a running pipeline, not only in `Stage::options`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,7 +37,9 @@ static ATTEMPTS: Mutex<Option<HashMap<u64, u32>>> = Mutex::new(None);
 
 #[stage(retry(attempts = 3, backoff = "10ms", when = is_transient))]
 async fn parse(line: &str) -> Result<u64, AppError> {
-    line.trim().parse().map_err(|_| AppError::Invalid(line.to_owned()))
+    line.trim()
+        .parse()
+        .map_err(|_| AppError::Invalid(line.to_owned()))
 }
 
 #[stage(concurrency = 4, ordered, retry(attempts = 2, backoff = "5ms", when = is_transient))]
@@ -82,7 +85,13 @@ async fn digits(n: u64) -> Vec<u8> {
 #[tokio::test(start_paused = true)]
 async fn a_chain_of_annotated_functions_runs_with_its_declared_policies() {
     let lines: Vec<String> = (0..200u64)
-        .map(|n| if n == 77 { "seventy-seven".to_owned() } else { n.to_string() })
+        .map(|n| {
+            if n == 77 {
+                "seventy-seven".to_owned()
+            } else {
+                n.to_string()
+            }
+        })
         .collect();
     let run = testing::run(lines, |b| {
         b.stage(Parse)
@@ -95,10 +104,16 @@ async fn a_chain_of_annotated_functions_runs_with_its_declared_policies() {
     let report = &run.report;
     assert!(report.is_balanced(), "{report}");
     // 77 is not a number (permanent: one attempt); 13 times out.
-    let by_stage: HashMap<&str, &pipeline_core::DeadLetter> =
-        run.dead_letters.iter().map(|d| (d.stage.as_str(), d)).collect();
+    let by_stage: HashMap<&str, &pipeline_core::DeadLetter> = run
+        .dead_letters
+        .iter()
+        .map(|d| (d.stage.as_str(), d))
+        .collect();
     assert_eq!(run.dead_letters.len(), 2, "{:?}", run.dead_letters);
-    assert_eq!(by_stage["parse"].attempts, 1, "invalid input is not retried");
+    assert_eq!(
+        by_stage["parse"].attempts, 1,
+        "invalid input is not retried"
+    );
     assert!(by_stage["parse"].error.contains("seventy-seven"));
     assert!(by_stage["enrich"].error.contains("timed out"));
     // Every tenth item failed once in `flaky` and was retried.
@@ -152,7 +167,11 @@ async fn mutable_state_is_rebuilt_after_a_panic_and_restarts_escalate() {
     }));
     let run = testing::run(0..1_000u64, |b| b.stage(Number::new(Seen::fresh))).await;
     // Two panics (500 and 900), within the limit of 2 restarts: both rebuilt the state.
-    assert_eq!(REBUILT.load(Ordering::SeqCst), 3, "initial build + 2 rebuilds");
+    assert_eq!(
+        REBUILT.load(Ordering::SeqCst),
+        3,
+        "initial build + 2 rebuilds"
+    );
     assert_eq!(run.report.dead_lettered, 2);
     // The count restarted from 1 after each panic.
     let after_500 = run.delivered.iter().find(|(_, n)| *n == 501).unwrap();
@@ -187,13 +206,23 @@ async fn blocking_and_rate_limited_stages() {
     })
     .await;
     assert_eq!(run.delivered.len(), 250);
-    assert!(start.elapsed() >= Duration::from_millis(1_400), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(1_400),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(run.report.is_balanced());
 }
 
 #[stage(
     concurrency = 2,
-    breaker(failure_rate = 0.5, window = 4, min_calls = 4, open_for = "1s", half_open = 1),
+    breaker(
+        failure_rate = 0.5,
+        window = 4,
+        min_calls = 4,
+        open_for = "1s",
+        half_open = 1
+    ),
     retry(attempts = 20, backoff = "100ms")
 )]
 async fn fragile(n: u64, #[state] down: &AtomicU64) -> Result<u64, AppError> {

@@ -1,5 +1,6 @@
 //! Overflow policies: each drop or dead letter is counted; a slow fan-out branch with a
 //! dropping edge does not stall the rest.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Property tests over random chain shapes, capacities and concurrency: conservation
 //! always; order kept where `ordered` (or single concurrency) and within a partition key.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -1,14 +1,13 @@
 //! RELIABILITY.md tests 2, 4, 6, 7 and the breaker's wait mode, on whole pipelines in
 //! paused time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pipeline_core::options::{
-    BreakerOptions, RateOptions, RestartOptions, RetryOptions, Window,
-};
+use pipeline_core::options::{BreakerOptions, RateOptions, RestartOptions, RetryOptions, Window};
 use pipeline_core::prelude::*;
 use pipeline_core::sink::{Sink, WriteError};
 use pipeline_core::testing;
@@ -47,7 +46,9 @@ async fn retries_back_off_within_jitter_bounds_and_timeouts_fire_on_time() {
             let log = Arc::clone(&log);
             async move {
                 let attempt = log.lock().unwrap().len() as u32 + 1;
-                log.lock().unwrap().push((attempt, tokio::time::Instant::now()));
+                log.lock()
+                    .unwrap()
+                    .push((attempt, tokio::time::Instant::now()));
                 // Hangs: only the timeout ends an attempt.
                 std::future::pending::<()>().await;
                 Ok::<_, Infallible>(n)
@@ -64,7 +65,10 @@ async fn retries_back_off_within_jitter_bounds_and_timeouts_fire_on_time() {
         let gap = pair[1].1 - pair[0].1;
         let cap = Duration::from_millis((100u64 << i).min(250));
         assert!(gap >= Duration::from_millis(50), "gap {i}: {gap:?}");
-        assert!(gap <= Duration::from_millis(50) + cap, "gap {i}: {gap:?} > 50ms + {cap:?}");
+        assert!(
+            gap <= Duration::from_millis(50) + cap,
+            "gap {i}: {gap:?} > 50ms + {cap:?}"
+        );
     }
     let dl = &run.dead_letters[0];
     assert_eq!((dl.attempts, dl.stage.as_str()), (4, "hang"));
@@ -95,9 +99,15 @@ async fn retry_budget_caps_retries_when_everything_fails_and_nothing_is_lost() {
     // Without a budget: 4 retries per item = 8_000. With 20% of recent calls plus a
     // small floor per second, far fewer.
     assert!(retries < 2_000 * 4 / 2, "retries {retries}");
-    assert!(retries >= 2_000 / 5 / 2, "the budget allowed some retries ({retries})");
+    assert!(
+        retries >= 2_000 / 5 / 2,
+        "the budget allowed some retries ({retries})"
+    );
     assert_eq!(calls.load(Ordering::Relaxed), 2_000 + retries);
-    assert_eq!(report.dead_lettered, 2_000, "nothing lost: every item dead-lettered");
+    assert_eq!(
+        report.dead_lettered, 2_000,
+        "nothing lost: every item dead-lettered"
+    );
     assert!(report.is_balanced());
 }
 
@@ -134,12 +144,24 @@ async fn an_open_breaker_waits_instead_of_dumping_items() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         degraded |= handle.health() == Health::Degraded;
         let stats = handle.stats();
-        assert!(stats.in_flight <= 16 + 4 + 16 + 16 + 1024 + 256, "{}", stats.in_flight);
+        assert!(
+            stats.in_flight <= 16 + 4 + 16 + 16 + 1024 + 256,
+            "{}",
+            stats.in_flight
+        );
     }
     assert!(degraded, "health showed the open breaker");
     let during = handle.stats();
-    assert!(during.emitted < 500, "the source was held back ({} emitted)", during.emitted);
-    assert_eq!(during.stage("call").unwrap().errors, 0, "nothing given up during the outage");
+    assert!(
+        during.emitted < 500,
+        "the source was held back ({} emitted)",
+        during.emitted
+    );
+    assert_eq!(
+        during.stage("call").unwrap().errors,
+        0,
+        "nothing given up during the outage"
+    );
     down.store(false, Ordering::SeqCst);
     let report = handle.join().await.unwrap();
     assert_eq!(report.delivered, 500, "{report}");
@@ -151,15 +173,25 @@ async fn an_open_breaker_waits_instead_of_dumping_items() {
 async fn the_rate_limit_spaces_calls() {
     let start = tokio::time::Instant::now();
     let run = testing::run(0..300u64, |b| {
-        b.stage(stage::map_fn("api", |n: u64| async move { Ok::<_, Infallible>(n) }))
-            .concurrency(8)
-            .rate(RateOptions::new(100, Duration::from_secs(1)))
+        b.stage(stage::map_fn("api", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
+        .concurrency(8)
+        .rate(RateOptions::new(100, Duration::from_secs(1)))
     })
     .await;
     assert_eq!(run.delivered.len(), 300);
     // 100 at once (the burst), then 100 per second.
-    assert!(start.elapsed() >= Duration::from_secs(2), "{:?}", start.elapsed());
-    assert!(start.elapsed() <= Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() <= Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 /// Mutable per-stage state: counts calls since the last restart, panics on poison.
@@ -192,15 +224,29 @@ impl Stage for Stateful {
 async fn a_panic_costs_one_attempt_of_one_item_and_rebuilds_the_stage() {
     quiet_injected_panics();
     let restarts = Arc::new(AtomicU64::new(0));
-    let stage = Stateful { since_restart: AtomicU64::new(0), restarts: Arc::clone(&restarts) };
+    let stage = Stateful {
+        since_restart: AtomicU64::new(0),
+        restarts: Arc::clone(&restarts),
+    };
     let mut retry = RetryOptions::new(3);
     retry.backoff = Duration::from_millis(1);
-    let run = testing::run(0..100_000u64, |b| b.stage(stage).name("stateful").retry(retry)).await;
+    let run = testing::run(0..100_000u64, |b| {
+        b.stage(stage).name("stateful").retry(retry)
+    })
+    .await;
     // 100 poison items, each panicking on all 3 attempts, then dead-lettered.
     assert_eq!(run.report.dead_lettered, 100);
     assert_eq!(run.delivered.len(), 99_900, "good items unaffected");
-    assert!(run.dead_letters.iter().all(|d| d.attempts == 3 && d.error.contains("poison")));
-    assert_eq!(restarts.load(Ordering::SeqCst), 300, "one restart per panic");
+    assert!(
+        run.dead_letters
+            .iter()
+            .all(|d| d.attempts == 3 && d.error.contains("poison"))
+    );
+    assert_eq!(
+        restarts.load(Ordering::SeqCst),
+        300,
+        "one restart per panic"
+    );
     let row = run.report.stage("stateful").unwrap();
     assert_eq!((row.panics, row.restarts), (300, 300));
 }
@@ -208,7 +254,10 @@ async fn a_panic_costs_one_attempt_of_one_item_and_rebuilds_the_stage() {
 #[tokio::test(start_paused = true)]
 async fn too_many_restarts_stop_the_pipeline_naming_the_stage() {
     quiet_injected_panics();
-    let stage = Stateful { since_restart: AtomicU64::new(0), restarts: Arc::default() };
+    let stage = Stateful {
+        since_restart: AtomicU64::new(0),
+        restarts: Arc::default(),
+    };
     let (sink, _) = sink::collect::<u64>();
     let err = Pipeline::builder("escalate")
         .source(source::iter(0..1_000_000u64))
@@ -220,7 +269,11 @@ async fn too_many_restarts_stop_the_pipeline_naming_the_stage() {
         .await
         .unwrap_err();
     assert_eq!(err.failure.stage, "fragile");
-    assert!(err.failure.error.contains("restart limit"), "{}", err.failure.error);
+    assert!(
+        err.failure.error.contains("restart limit"),
+        "{}",
+        err.failure.error
+    );
     assert!(err.report.is_balanced(), "{}", err.report);
     assert!(err.report.emitted < 1_000_000, "the sources stopped");
     assert_eq!(err.report.dead_lettered, 3);
@@ -254,9 +307,13 @@ async fn sink_panics_before_and_after_the_write_are_contained() {
     let (dead, dead_out) = sink::collect();
     let report = Pipeline::builder("panicky-sink")
         .source(source::iter(0..10_000u64))
-        .stage(stage::map_fn("id", |n: u64| async move { Ok::<_, Infallible>(n) }))
+        .stage(stage::map_fn("id", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
         .buffer(32)
-        .sink(Panicky { written: Arc::clone(&written) })
+        .sink(Panicky {
+            written: Arc::clone(&written),
+        })
         .buffer(32)
         .dead_letter(dead)
         .run()

@@ -1,5 +1,6 @@
 //! Invariant 7 (graceful shutdown): `shutdown()` stops the sources and drains; past a
 //! tiny deadline the rest is abandoned, counted and not acked; no write after return.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -23,9 +23,9 @@ use crate::graph::Graph;
 use crate::options::{
     BreakerOptions, OnError, RateOptions, RestartOptions, RetryOptions, StageOptions, WhenFull,
 };
+use crate::policy::Policies;
 use crate::sink::{self, Sink};
 use crate::source::{self, Source};
-use crate::policy::Policies;
 use crate::stage::{Emitted, Stage};
 use crate::stats::{Counters, Kind};
 
@@ -215,9 +215,7 @@ impl<T> std::fmt::Debug for Builder<T> {
 
 impl<T: Send + 'static> Builder<T> {
     /// Closes the pending element over its settings.
-    fn upstream(
-        self,
-    ) -> (Core, impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize> + Send) {
+    fn upstream(self) -> (Core, impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize> + Send) {
         let Builder {
             core,
             pending,
@@ -467,26 +465,25 @@ impl<T: Send + 'static> Builder<T> {
     pub fn sink<K: Sink<Item = T>>(mut self, sink: K) -> Ready {
         let node = self.core.reserve("sink", Kind::Sink);
         let (core, upstream) = self.upstream();
-        let finish: Finish =
-            Box::new(move |core, settings| {
-                let name = settings.name.as_deref().unwrap_or(sink.name()).to_owned();
-                core.graph.rename(node, &name);
-                let capacity = settings.buffer.unwrap_or(DEFAULT_CAPACITY);
-                let rx = core.input(
-                    node,
-                    &name,
-                    capacity,
-                    settings.when_full.unwrap_or_default(),
-                    upstream,
-                );
-                let counters = core.counters(&name, Kind::Sink, 1);
-                core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
-                let dead_tx = Some(core.dead_tx.clone());
-                core.tasks.push((
-                    name,
-                    Box::pin(tasks::sink(sink, rx, dead_tx, SinkRole::Output, counters)),
-                ));
-            });
+        let finish: Finish = Box::new(move |core, settings| {
+            let name = settings.name.as_deref().unwrap_or(sink.name()).to_owned();
+            core.graph.rename(node, &name);
+            let capacity = settings.buffer.unwrap_or(DEFAULT_CAPACITY);
+            let rx = core.input(
+                node,
+                &name,
+                capacity,
+                settings.when_full.unwrap_or_default(),
+                upstream,
+            );
+            let counters = core.counters(&name, Kind::Sink, 1);
+            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
+            let dead_tx = Some(core.dead_tx.clone());
+            core.tasks.push((
+                name,
+                Box::pin(tasks::sink(sink, rx, dead_tx, SinkRole::Output, counters)),
+            ));
+        });
         Ready {
             core,
             finish,

@@ -201,7 +201,10 @@ pub struct StageStats {
     pub breaker: Option<BreakerState>,
 }
 
-fn breaker_name<S: serde::Serializer>(state: &Option<BreakerState>, s: S) -> Result<S::Ok, S::Error> {
+fn breaker_name<S: serde::Serializer>(
+    state: &Option<BreakerState>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match state {
         None => s.serialize_none(),
         Some(BreakerState::Closed) => s.serialize_str("closed"),
@@ -225,7 +228,11 @@ pub(crate) fn snapshot(control: &Control, rows: &[Row], uptime: Duration) -> Sta
 fn stage_stats(row: &Row, uptime: Duration) -> StageStats {
     let c = &row.counters;
     let (queue_depth, capacity, overflowed) = row.input.as_ref().map_or((0, 0, 0), |p| p.read());
-    let policy = row.policy.as_ref().map(|p| p.snapshot()).unwrap_or_default();
+    let policy = row
+        .policy
+        .as_ref()
+        .map(|p| p.snapshot())
+        .unwrap_or_default();
     let received = c.received.load(Ordering::Relaxed);
     let completed = c.completed.load(Ordering::Relaxed);
     let emitted = c.emitted.load(Ordering::Relaxed);
@@ -243,7 +250,11 @@ fn stage_stats(row: &Row, uptime: Duration) -> StageStats {
         queue_depth,
         capacity,
         overflowed,
-        rate: if secs > 0.0 { emitted as f64 / secs } else { 0.0 },
+        rate: if secs > 0.0 {
+            emitted as f64 / secs
+        } else {
+            0.0
+        },
         retries: policy.retries,
         timeouts: policy.timeouts,
         panics: policy.panics,

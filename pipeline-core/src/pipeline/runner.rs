@@ -209,7 +209,10 @@ impl<S: Stage> Results<'_, S> {
                 let mut record = DeadLetter::new(&*task.name, text, attempts);
                 if let Some(first) = first_failure {
                     let ago = tokio::time::Instant::now().saturating_duration_since(first);
-                    record.first_failure = record.last_failure.checked_sub(ago).unwrap_or(record.last_failure);
+                    record.first_failure = record
+                        .last_failure
+                        .checked_sub(ago)
+                        .unwrap_or(record.last_failure);
                 }
                 if let (Some(show), Some(item)) = (S::DEAD_LETTER_ITEM, item.as_ref()) {
                     record.item = show(item);

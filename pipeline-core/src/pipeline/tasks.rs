@@ -95,7 +95,9 @@ pub(crate) async fn sink<K: Sink>(
         // A panicking sink fails this batch, not the pipeline: the items go to the
         // dead-letter path like any failed write (at-least-once if it panicked after
         // writing).
-        let written = AssertUnwindSafe(sink.write(&mut items)).catch_unwind().await;
+        let written = AssertUnwindSafe(sink.write(&mut items))
+            .catch_unwind()
+            .await;
         let written = written.unwrap_or_else(|payload| {
             Err(WriteError::all(Message(format!(
                 "sink panicked: {}",

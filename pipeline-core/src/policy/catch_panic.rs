@@ -155,6 +155,9 @@ impl<S: Stage> Stage for CatchPanic<S> {
     type Shape = S::Shape;
     type Error = Failure<S::Error>;
 
+    // Forwarded: dead letters of the wrapped stage still show the item.
+    const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
+
     async fn call(&self, item: S::In, cx: &Context) -> Result<S::Output, Failure<S::Error>> {
         // A hand-written `call` may panic before returning its future: guard that too.
         let attempt = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(item, cx)))

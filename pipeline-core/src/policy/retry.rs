@@ -273,6 +273,9 @@ impl<S: Stage> Stage for Retry<S> {
     type Shape = S::Shape;
     type Error = S::Error;
 
+    // Forwarded: dead letters of the wrapped stage still show the item.
+    const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
+
     async fn call(&self, item: S::In, cx: &Context) -> Result<S::Output, S::Error> {
         self.run(item, cx).await.result
     }

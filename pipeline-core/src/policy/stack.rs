@@ -170,6 +170,9 @@ impl<S: Stage> Stage for Policies<S> {
     type Shape = S::Shape;
     type Error = Failure<S::Error>;
 
+    // Forwarded: dead letters of the wrapped stage still show the item.
+    const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
+
     async fn call(&self, item: S::In, cx: &Context) -> Result<S::Output, Failure<S::Error>> {
         self.stack.run(item, cx).await.result
     }

@@ -149,6 +149,9 @@ where
     type Shape = S::Shape;
     type Error = S::Error;
 
+    // Forwarded: dead letters of the wrapped stage still show the item.
+    const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
+
     async fn call(&self, item: S::In, cx: &Context) -> Result<S::Output, S::Error> {
         let Some(breaker) = &self.breaker else {
             return self.inner.call(item, cx).await;
