@@ -101,6 +101,9 @@ pub type Emitted<S> = <<S as Stage>::Shape as Shape<<S as Stage>::Output>>::Item
 pub trait Shape<O>: sealed::Sealed + Send + Sync + 'static {
     /// The emitted item type.
     type Item: Send + 'static;
+    /// Whether one output can hold more than one item (flat-map), so the runtime must
+    /// be ready to send part of them before pulling the rest.
+    const MANY: bool = false;
     /// The iterator over emitted items.
     type Iter: Iterator<Item = Self::Item> + Send;
     /// Turns one output into its items.
@@ -143,6 +146,7 @@ where
 {
     type Item = I::Item;
     type Iter = I::IntoIter;
+    const MANY: bool = true;
     #[inline]
     fn items(output: I) -> Self::Iter {
         output.into_iter()

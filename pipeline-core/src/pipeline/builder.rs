@@ -265,8 +265,13 @@ impl<T: Send + 'static> Builder<T> {
                     breaker: stage.breaker().cloned(),
                 });
             }
+            let plain = opts.timeout.is_none()
+                && opts.retry.is_none()
+                && opts.breaker.is_none()
+                && opts.rate.is_none();
             let task = StageTask {
                 stage,
+                plain,
                 restart: opts.restart,
                 name: Arc::clone(&name),
                 tx,

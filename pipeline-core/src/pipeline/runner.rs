@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 
 use futures::stream::{FuturesOrdered, FuturesUnordered};
-use futures::{Stream, StreamExt};
+use futures::future::Either;
+use futures::{FutureExt, Stream, StreamExt};
 
 use super::{Control, MAX_BATCH};
 use crate::ack::{Origin, Outcome};
@@ -64,28 +65,35 @@ impl<T: Send + 'static> Outbox<T> {
     }
 }
 
+/// The origin of an item under way: borrowed from the batch when calls run one at a
+/// time (no reference count touched per item), owned when calls overlap.
+enum OriginRef<'o> {
+    Borrowed(&'o Arc<Origin>),
+    Owned(Arc<Origin>),
+}
+
+impl std::ops::Deref for OriginRef<'_> {
+    type Target = Arc<Origin>;
+    #[inline]
+    fn deref(&self) -> &Arc<Origin> {
+        match self {
+            OriginRef::Borrowed(o) => o,
+            OriginRef::Owned(o) => o,
+        }
+    }
+}
+
 /// An item whose call is under way. Dropped unsettled (an aborted task), it ends
 /// `Abandoned`.
-struct Claimed<T> {
-    origin: Arc<Origin>,
+struct Claimed<'o, T> {
+    origin: OriginRef<'o>,
     idx: u32,
     settled: bool,
     /// A copy of the input for its dead letter, for stages that show items.
     kept: Option<T>,
 }
 
-impl<T> Claimed<T> {
-    fn new(origin: &Arc<Origin>, idx: u32) -> Self {
-        Claimed {
-            origin: Arc::clone(origin),
-            idx,
-            settled: false,
-            kept: None,
-        }
-    }
-}
-
-impl<T> Drop for Claimed<T> {
+impl<T> Drop for Claimed<'_, T> {
     fn drop(&mut self) {
         if !self.settled {
             self.origin.finish(self.idx, Outcome::Abandoned);
@@ -128,6 +136,8 @@ impl<F: Future> Stream for InFlight<F> {
 /// Everything a stage task owns.
 pub(crate) struct StageTask<S: Stage> {
     pub(crate) stage: Policies<S>,
+    /// No timeout, retry, breaker or rate limit: call the stage under panic capture only.
+    pub(crate) plain: bool,
     pub(crate) restart: Option<RestartOptions>,
     pub(crate) name: Arc<str>,
     pub(crate) tx: EdgeTx<Emitted<S>>,
@@ -149,6 +159,13 @@ struct Tally {
 
 type Outcome_<S> = RetryOutcome<<S as Stage>::Output, Failure<<S as Stage>::Error>>;
 
+/// A flat-map output's remaining children, with their parent's identity.
+type Children<S> = (
+    Arc<Origin>,
+    u32,
+    <<S as Stage>::Shape as Shape<<S as Stage>::Output>>::Iter,
+);
+
 /// Where the results of calls go.
 struct Results<'a, S: Stage> {
     task: &'a StageTask<S>,
@@ -160,34 +177,62 @@ struct Results<'a, S: Stage> {
 }
 
 impl<S: Stage> Results<'_, S> {
-    /// Routes one call's result; flat-map children beyond a batch are sent as room allows.
-    async fn settle(&mut self, mut claim: Claimed<S::In>, outcome: Outcome_<S>) {
+    /// Routes one call's result. Returns the children of a flat-map output beyond the
+    /// first, to be pulled as the downstream edge has room ([`push_children`]).
+    ///
+    /// [`push_children`]: Self::push_children
+    #[inline]
+    fn settle(
+        &mut self,
+        mut claim: Claimed<'_, S::In>,
+        outcome: Outcome_<S>,
+    ) -> Option<Children<S>> {
         claim.settled = true;
         self.tally.completed += 1;
-        let (origin, idx) = (&claim.origin, claim.idx);
+        let idx = claim.idx;
         match outcome.result {
             Ok(output) => {
                 let mut items = <S::Shape as Shape<S::Output>>::items(output);
                 let Some(first) = items.next() else {
                     self.tally.filtered += 1;
-                    origin.finish(idx, Outcome::Filtered);
-                    return;
+                    claim.origin.finish(idx, Outcome::Filtered);
+                    return None;
                 };
-                self.out.push(origin, idx, first, MAX_BATCH);
-                for child in items {
-                    // Each child beyond the first is one more descendant to wait for.
-                    origin.add_pending(1);
-                    self.out.push(origin, idx, child, MAX_BATCH);
-                    if self.out.len() >= MAX_BATCH {
-                        self.flush().await;
-                    }
+                self.out.push(&claim.origin, idx, first, MAX_BATCH);
+                if <S::Shape as Shape<S::Output>>::MANY {
+                    return Some((Arc::clone(&claim.origin), idx, items));
                 }
+                None
             }
             Err(error) => {
                 let first = outcome.first_failure;
                 let item = claim.kept.take();
-                self.fail(origin, idx, &error, outcome.attempts, first, item);
+                self.fail(&claim.origin, idx, &error, outcome.attempts, first, item);
+                None
             }
+        }
+    }
+
+    /// Emits the remaining children of a flat-map output, sending full batches as it goes.
+    async fn push_children(&mut self, (origin, idx, items): Children<S>) {
+        for child in items {
+            // Each child beyond the first is one more descendant to wait for.
+            origin.add_pending(1);
+            self.out.push(&origin, idx, child, MAX_BATCH);
+            if self.out.len() >= MAX_BATCH {
+                self.flush().await;
+            }
+        }
+    }
+
+    /// Settles a result, then deals with flat-map children and panics if there are any.
+    #[inline]
+    async fn settle_all(&mut self, claim: Claimed<'_, S::In>, outcome: Outcome_<S>) {
+        if let Some(children) = self.settle(claim, outcome) {
+            self.push_children(children).await;
+        }
+        if self.task.stage.counters().panics() != self.panics_seen {
+            self.supervise().await;
         }
     }
 
@@ -277,12 +322,34 @@ where
     /// Claims an item for a call, keeping a copy for its dead letter if the stage shows
     /// items (a constant: no cost for stages that do not).
     #[inline]
-    fn claim(&self, origin: &Arc<Origin>, idx: u32, item: &S::In) -> Claimed<S::In> {
-        let mut claim = Claimed::new(origin, idx);
-        if S::DEAD_LETTER_ITEM.is_some() && self.on_error == OnError::DeadLetter {
-            claim.kept = Some(item.clone());
+    fn claim<'o>(&self, origin: OriginRef<'o>, idx: u32, item: &S::In) -> Claimed<'o, S::In> {
+        let kept = (S::DEAD_LETTER_ITEM.is_some() && self.on_error == OnError::DeadLetter)
+            .then(|| item.clone());
+        Claimed {
+            origin,
+            idx,
+            settled: false,
+            kept,
         }
-        claim
+    }
+
+    /// One item through the policies; without any, straight to the panic-capturing call.
+    #[inline]
+    fn call<'a>(
+        &'a self,
+        item: S::In,
+        cx: &'a Context,
+    ) -> impl Future<Output = Outcome_<S>> + Send + 'a {
+        if self.plain {
+            let catch = self.stage.stack().get_ref().get_ref().get_ref().get_ref();
+            Either::Left(catch.call(item, cx).map(|result| RetryOutcome {
+                result,
+                attempts: 1,
+                first_failure: None,
+            }))
+        } else {
+            Either::Right(self.stage.run(item, cx))
+        }
     }
 
     pub(crate) async fn run(self, mut rx: EdgeRx<S::In>) {
@@ -302,17 +369,16 @@ where
                 let origin = Arc::clone(batch.origin());
                 batch.reverse();
                 while let Some((idx, item)) = batch.pop() {
-                    let claim = task.claim(&origin, idx, &item);
-                    let outcome = task.stage.run(item, &cx).await;
-                    results.settle(claim, outcome).await;
-                    results.supervise().await;
+                    let claim = task.claim(OriginRef::Borrowed(&origin), idx, &item);
+                    let outcome = task.call(item, &cx).await;
+                    results.settle_all(claim, outcome).await;
                 }
                 results.flush().await;
             }
         } else {
-            let call = |claim: Claimed<S::In>, item: S::In| {
+            let call = |claim: Claimed<'static, S::In>, item: S::In| {
                 let cx = &cx;
-                async move { (claim, task.stage.run(item, cx).await) }
+                async move { (claim, task.call(item, cx).await) }
             };
             let mut running = if task.ordered {
                 InFlight::Ordered(FuturesOrdered::new())
@@ -340,7 +406,8 @@ where
                     let Some((idx, item)) = batch.pop() else {
                         continue;
                     };
-                    let claim = task.claim(batch.origin(), idx, &item);
+                    let origin = OriginRef::Owned(Arc::clone(batch.origin()));
+                    let claim = task.claim(origin, idx, &item);
                     running.push(call(claim, item));
                 }
                 if running.len() == 0 {
@@ -362,14 +429,13 @@ where
                 tokio::select! {
                     biased;
                     Some((claim, result)) = running.next() => {
-                        results.settle(claim, result).await;
+                        results.settle_all(claim, result).await;
                         // Take every other completion that is already there.
                         while let Some(Some((claim, result))) =
                             futures::FutureExt::now_or_never(running.next())
                         {
-                            results.settle(claim, result).await;
+                            results.settle_all(claim, result).await;
                         }
-                        results.supervise().await;
                         results.flush().await;
                     }
                     batch = rx.recv(), if room => match batch {
