@@ -20,7 +20,7 @@ pub(crate) fn child(v: V, ty: Ty, n: u64) -> Res<()> {
 
 /// Total instructions (Ir) of one `__count` run under callgrind.
 pub(crate) fn instructions(v: V, ty: Ty, n: u64, scratch: &Path) -> Res<u64> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::child_exe()?;
     let out_file: PathBuf = scratch.join(format!("callgrind.{}.{}.{n}.out", v.name(), ty.name()));
     let out = Command::new("valgrind")
         .arg("--tool=callgrind")

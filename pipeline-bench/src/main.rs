@@ -101,8 +101,20 @@ fn dispatch(args: &[String]) -> Res<()> {
             print!("{USAGE}");
             Ok(())
         }
-        Some("callgrind") => instruction_counts(&parse(&args[1..], "pipeline-bench callgrind")?),
-        _ => ratios(&parse(args, "pipeline-bench")?),
+        Some("callgrind") => {
+            // Copy the executable for the children now, before a concurrent build can
+            // replace it.
+            child_exe()?;
+            let result = instruction_counts(&parse(&args[1..], "pipeline-bench callgrind")?);
+            remove_child_exe();
+            result
+        }
+        _ => {
+            child_exe()?;
+            let result = ratios(&parse(args, "pipeline-bench")?);
+            remove_child_exe();
+            result
+        }
     }
 }
 
@@ -140,6 +152,26 @@ fn parse(args: &[String], cmd: &str) -> Res<Opts> {
         opts.rounds = usize::max(r, 1);
     }
     Ok(opts)
+}
+
+/// A private copy of this executable for the child processes (`__rss`, `__count`): a
+/// `cargo build` running meanwhile may replace or delete `target/release/pipeline-bench`.
+pub(crate) fn child_exe() -> Res<PathBuf> {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(path) = COPY.get() {
+        return Ok(path.clone());
+    }
+    let dir = std::env::temp_dir().join(format!("pipeline-bench-exe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("pipeline-bench");
+    std::fs::copy(std::env::current_exe()?, &path)?;
+    Ok(COPY.get_or_init(|| path).clone())
+}
+
+/// Removes the copy made by [`child_exe`], if any.
+fn remove_child_exe() {
+    let dir = std::env::temp_dir().join(format!("pipeline-bench-exe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The multi-thread runtime of the throughput workloads: 2 workers.

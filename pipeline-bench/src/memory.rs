@@ -125,7 +125,7 @@ pub(crate) fn child(variant: &str, n: u64) -> Res<()> {
 
 /// Runs `__rss variant n` in a fresh process; its peak RSS in KiB.
 pub(crate) fn measure(variant: &str, n: u64) -> Res<u64> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::child_exe()?;
     let out = Command::new(exe)
         .args(["__rss", variant, &n.to_string()])
         .output()?;

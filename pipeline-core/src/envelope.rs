@@ -47,6 +47,7 @@ impl<T> Batch<T> {
         &self.origin
     }
 
+    #[inline(always)]
     pub(crate) fn push(&mut self, idx: u32, item: T) {
         self.items.push(item);
         self.idx.push(idx);
@@ -78,6 +79,7 @@ impl<T> Batch<T> {
     }
 
     /// Takes the last item out with its index; the caller now owns its outcome.
+    #[inline(always)]
     pub(crate) fn pop(&mut self) -> Option<(u32, T)> {
         let item = self.items.pop()?;
         let idx = self.idx.pop().unwrap_or_default();

@@ -2,7 +2,9 @@
 //! when `concurrency` is 1, else up to `concurrency` calls in flight, ordered or not),
 //! and sends what is ready downstream as one batch.
 
-use std::pin::Pin;
+use std::future::poll_fn;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 
@@ -41,7 +43,7 @@ impl<T: Send + 'static> Outbox<T> {
         self.items
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&mut self, origin: &Arc<Origin>, idx: u32, item: T, hint: usize) {
         match self.ready.last_mut() {
             Some(batch) if Arc::ptr_eq(batch.origin(), origin) => batch.push(idx, item),
@@ -159,6 +161,47 @@ struct Tally {
 
 type Outcome_<S> = RetryOutcome<<S as Stage>::Output, Failure<<S as Stage>::Error>>;
 
+/// What interrupted the processing of a batch.
+enum Step<S: Stage> {
+    /// The batch is done.
+    Done,
+    /// A flat-map output has more children than fit one batch: send as room allows.
+    Children(Children<S>),
+    /// A call panicked: restart the stage (or escalate) before the next item.
+    Supervise,
+}
+
+/// The result of one call, whichever way the call was made.
+trait IntoOutcome<S: Stage> {
+    fn into_outcome(self) -> Outcome_<S>;
+}
+
+impl<S: Stage> IntoOutcome<S> for Result<S::Output, S::Error> {
+    #[inline]
+    fn into_outcome(self) -> Outcome_<S> {
+        RetryOutcome {
+            result: self.map_err(Failure::Call),
+            attempts: 1,
+            first_failure: None,
+        }
+    }
+}
+
+impl<S: Stage> IntoOutcome<S> for Outcome_<S> {
+    #[inline]
+    fn into_outcome(self) -> Outcome_<S> {
+        self
+    }
+}
+
+fn panicked<S: Stage>(panic: crate::policy::Panicked) -> Outcome_<S> {
+    RetryOutcome {
+        result: Err(Failure::Panicked(panic)),
+        attempts: 1,
+        first_failure: None,
+    }
+}
+
 /// A flat-map output's remaining children, with their parent's identity.
 type Children<S> = (
     Arc<Origin>,
@@ -181,7 +224,7 @@ impl<S: Stage> Results<'_, S> {
     /// first, to be pulled as the downstream edge has room ([`push_children`]).
     ///
     /// [`push_children`]: Self::push_children
-    #[inline]
+    #[inline(always)]
     fn settle(
         &mut self,
         mut claim: Claimed<'_, S::In>,
@@ -231,9 +274,15 @@ impl<S: Stage> Results<'_, S> {
         if let Some(children) = self.settle(claim, outcome) {
             self.push_children(children).await;
         }
-        if self.task.stage.counters().panics() != self.panics_seen {
+        if self.panicked() {
             self.supervise().await;
         }
+    }
+
+    /// Whether a call panicked since the supervisor last looked (one atomic load).
+    #[inline(always)]
+    fn panicked(&self) -> bool {
+        self.task.stage.counters().panics() != self.panics_seen
     }
 
     fn fail(
@@ -333,6 +382,80 @@ where
         }
     }
 
+    /// Calls the stage for one item at a time. Each call's future is built in one pinned
+    /// slot and polled at once, inside one poll of the task: a call that is ready at once
+    /// (most maps) costs no await, no allocation and no reference count; only a call that
+    /// is not ready makes the task wait. Panics are caught around every poll.
+    async fn one_at_a_time<F, Fut>(
+        &self,
+        rx: &mut EdgeRx<S::In>,
+        results: &mut Results<'_, S>,
+        cx: &Context,
+        make: F,
+    ) where
+        F: Fn(S::In) -> Fut,
+        Fut: Future,
+        Fut::Output: IntoOutcome<S>,
+    {
+        let catch = self.stage.stack().get_ref().get_ref().get_ref().get_ref();
+        let mut slot = pin!(None::<Fut>);
+        while let Some(mut batch) = rx.recv().await {
+            self.counters.received(batch.len());
+            let origin = Arc::clone(batch.origin());
+            batch.reverse();
+            let mut claim: Option<Claimed<'_, S::In>> = None;
+            loop {
+                let step: Step<S> = poll_fn(|tcx| {
+                    loop {
+                        if let Some(fut) = slot.as_mut().as_pin_mut() {
+                            let outcome = match catch_unwind(AssertUnwindSafe(|| fut.poll(tcx))) {
+                                Ok(Poll::Pending) => return Poll::Pending,
+                                Ok(Poll::Ready(out)) => IntoOutcome::<S>::into_outcome(out),
+                                Err(payload) => panicked::<S>(catch.caught(&*payload, cx)),
+                            };
+                            slot.set(None);
+                            if let Some(done) = claim.take() {
+                                if let Some(children) = results.settle(done, outcome) {
+                                    return Poll::Ready(Step::Children(children));
+                                }
+                                if results.panicked() {
+                                    return Poll::Ready(Step::Supervise);
+                                }
+                            }
+                        }
+                        let Some((idx, item)) = batch.pop() else {
+                            return Poll::Ready(Step::Done);
+                        };
+                        let next = self.claim(OriginRef::Borrowed(&origin), idx, &item);
+                        // A hand-written `call` may panic before it returns its future.
+                        match catch_unwind(AssertUnwindSafe(|| make(item))) {
+                            Ok(fut) => {
+                                slot.set(Some(fut));
+                                claim = Some(next);
+                            }
+                            Err(payload) => {
+                                let outcome = panicked::<S>(catch.caught(&*payload, cx));
+                                if let Some(children) = results.settle(next, outcome) {
+                                    return Poll::Ready(Step::Children(children));
+                                }
+                                if results.panicked() {
+                                    return Poll::Ready(Step::Supervise);
+                                }
+                            }
+                        }
+                    }
+                })
+                .await;
+                match step {
+                    Step::Done => break,
+                    Step::Children(children) => results.push_children(children).await,
+                    Step::Supervise => results.supervise().await,
+                }
+            }
+            results.flush().await;
+        }
+    }
+
     /// One item through the policies; without any, straight to the panic-capturing call.
     #[inline]
     fn call<'a>(
@@ -364,16 +487,13 @@ where
             panics_seen: 0,
         };
         if task.concurrency <= 1 {
-            while let Some(mut batch) = rx.recv().await {
-                task.counters.received(batch.len());
-                let origin = Arc::clone(batch.origin());
-                batch.reverse();
-                while let Some((idx, item)) = batch.pop() {
-                    let claim = task.claim(OriginRef::Borrowed(&origin), idx, &item);
-                    let outcome = task.call(item, &cx).await;
-                    results.settle_all(claim, outcome).await;
-                }
-                results.flush().await;
+            if task.plain {
+                let catch = task.stage.stack().get_ref().get_ref().get_ref().get_ref();
+                let make = |item| catch.get_ref().call(item, &cx);
+                task.one_at_a_time(&mut rx, &mut results, &cx, make).await;
+            } else {
+                let make = |item| task.stage.run(item, &cx);
+                task.one_at_a_time(&mut rx, &mut results, &cx, make).await;
             }
         } else {
             let call = |claim: Claimed<'static, S::In>, item: S::In| {

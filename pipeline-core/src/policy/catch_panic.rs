@@ -136,7 +136,7 @@ impl<S> CatchPanic<S> {
         self.inner
     }
 
-    fn caught(&self, payload: &(dyn Any + Send), cx: &Context) -> Panicked {
+    pub(crate) fn caught(&self, payload: &(dyn Any + Send), cx: &Context) -> Panicked {
         let panicked = Panicked::from_payload(payload);
         self.counters.record(Event::Panic);
         tracing::warn!(

@@ -131,6 +131,7 @@ impl Counters {
     }
 
     /// Attempts that panicked so far.
+    #[inline]
     pub fn panics(&self) -> u64 {
         self.panics.load(Ordering::Relaxed)
     }
