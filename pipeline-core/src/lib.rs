@@ -89,9 +89,9 @@ pub use pipeline::{
     Builder, DEFAULT_SHUTDOWN_DEADLINE, Health, Pipeline, PipelineBuilder, PipelineError,
     PipelineHandle, Ready, RunReport, StageFailure, StageStats, Stats,
 };
-pub use stage::{Emitted, Filter, FlatMap, Map, Shape, Stage};
 #[cfg(feature = "macros")]
 pub use pipeline_macros::stage;
+pub use stage::{Emitted, Filter, FlatMap, Map, Shape, Stage};
 
 /// What most users import: `use pipeline_core::prelude::*;`.
 pub mod prelude {

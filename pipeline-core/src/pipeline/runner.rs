@@ -8,8 +8,8 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 
-use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::future::Either;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, Stream, StreamExt};
 
 use super::{Control, MAX_BATCH};
