@@ -67,37 +67,36 @@ impl<T: Send + 'static> Outbox<T> {
     }
 }
 
-/// The origin of an item under way: borrowed from the batch when calls run one at a
-/// time (no reference count touched per item), owned when calls overlap.
-enum OriginRef<'o> {
-    Borrowed(&'o Arc<Origin>),
-    Owned(Arc<Origin>),
-}
-
-impl std::ops::Deref for OriginRef<'_> {
-    type Target = Arc<Origin>;
-    #[inline]
-    fn deref(&self) -> &Arc<Origin> {
-        match self {
-            OriginRef::Borrowed(o) => o,
-            OriginRef::Owned(o) => o,
-        }
-    }
-}
-
 /// An item whose call is under way. Dropped unsettled (an aborted task), it ends
 /// `Abandoned`.
-struct Claimed<'o, T> {
-    origin: OriginRef<'o>,
+struct Claimed<T> {
+    origin: Arc<Origin>,
     idx: u32,
     settled: bool,
     /// A copy of the input for its dead letter, for stages that show items.
     kept: Option<T>,
 }
 
-impl<T> Drop for Claimed<'_, T> {
+impl<T> Drop for Claimed<T> {
     fn drop(&mut self) {
         if !self.settled {
+            self.origin.finish(self.idx, Outcome::Abandoned);
+        }
+    }
+}
+
+/// The item whose call is under way when calls run one at a time. Dropped busy (an
+/// aborted task), the item ends `Abandoned`.
+struct Current<'o, T> {
+    origin: &'o Arc<Origin>,
+    idx: u32,
+    busy: bool,
+    kept: Option<T>,
+}
+
+impl<T> Drop for Current<'_, T> {
+    fn drop(&mut self) {
+        if self.busy {
             self.origin.finish(self.idx, Outcome::Abandoned);
         }
     }
@@ -225,32 +224,41 @@ impl<S: Stage> Results<'_, S> {
     ///
     /// [`push_children`]: Self::push_children
     #[inline(always)]
-    fn settle(
+    fn settle(&mut self, mut claim: Claimed<S::In>, outcome: Outcome_<S>) -> Option<Children<S>> {
+        claim.settled = true;
+        let kept = claim.kept.take();
+        self.settle_parts(&claim.origin, claim.idx, kept, outcome)
+    }
+
+    /// Routes one call's result for item `idx` of `origin`. Returns the children of a
+    /// flat-map output beyond the first, to be pulled as the downstream edge has room
+    /// ([`push_children`](Self::push_children)).
+    #[inline(always)]
+    fn settle_parts(
         &mut self,
-        mut claim: Claimed<'_, S::In>,
+        origin: &Arc<Origin>,
+        idx: u32,
+        kept: Option<S::In>,
         outcome: Outcome_<S>,
     ) -> Option<Children<S>> {
-        claim.settled = true;
         self.tally.completed += 1;
-        let idx = claim.idx;
         match outcome.result {
             Ok(output) => {
                 let mut items = <S::Shape as Shape<S::Output>>::items(output);
                 let Some(first) = items.next() else {
                     self.tally.filtered += 1;
-                    claim.origin.finish(idx, Outcome::Filtered);
+                    origin.finish(idx, Outcome::Filtered);
                     return None;
                 };
-                self.out.push(&claim.origin, idx, first, MAX_BATCH);
+                self.out.push(origin, idx, first, MAX_BATCH);
                 if <S::Shape as Shape<S::Output>>::MANY {
-                    return Some((Arc::clone(&claim.origin), idx, items));
+                    return Some((Arc::clone(origin), idx, items));
                 }
                 None
             }
             Err(error) => {
                 let first = outcome.first_failure;
-                let item = claim.kept.take();
-                self.fail(&claim.origin, idx, &error, outcome.attempts, first, item);
+                self.fail(origin, idx, &error, outcome.attempts, first, kept);
                 None
             }
         }
@@ -270,7 +278,7 @@ impl<S: Stage> Results<'_, S> {
 
     /// Settles a result, then deals with flat-map children and panics if there are any.
     #[inline]
-    async fn settle_all(&mut self, claim: Claimed<'_, S::In>, outcome: Outcome_<S>) {
+    async fn settle_all(&mut self, claim: Claimed<S::In>, outcome: Outcome_<S>) {
         if let Some(children) = self.settle(claim, outcome) {
             self.push_children(children).await;
         }
@@ -368,12 +376,18 @@ impl<S: Stage> StageTask<S>
 where
     S::In: Clone,
 {
-    /// Claims an item for a call, keeping a copy for its dead letter if the stage shows
-    /// items (a constant: no cost for stages that do not).
+    /// A copy of the input for its dead letter, if the stage shows items (a constant: no
+    /// cost for stages that do not).
+    #[inline(always)]
+    fn keep(&self, item: &S::In) -> Option<S::In> {
+        (S::DEAD_LETTER_ITEM.is_some() && self.on_error == OnError::DeadLetter)
+            .then(|| item.clone())
+    }
+
+    /// Claims an item for a call that may overlap others.
     #[inline]
-    fn claim<'o>(&self, origin: OriginRef<'o>, idx: u32, item: &S::In) -> Claimed<'o, S::In> {
-        let kept = (S::DEAD_LETTER_ITEM.is_some() && self.on_error == OnError::DeadLetter)
-            .then(|| item.clone());
+    fn claim(&self, origin: Arc<Origin>, idx: u32, item: &S::In) -> Claimed<S::In> {
+        let kept = self.keep(item);
         Claimed {
             origin,
             idx,
@@ -403,7 +417,13 @@ where
             self.counters.received(batch.len());
             let origin = Arc::clone(batch.origin());
             batch.reverse();
-            let mut claim: Option<Claimed<'_, S::In>> = None;
+            // The item whose call is in `slot`; ends `Abandoned` if the task is aborted.
+            let mut current = Current {
+                origin: &origin,
+                idx: 0,
+                busy: false,
+                kept: None,
+            };
             loop {
                 let step: Step<S> = poll_fn(|tcx| {
                     loop {
@@ -414,28 +434,34 @@ where
                                 Err(payload) => panicked::<S>(catch.caught(&*payload, cx)),
                             };
                             slot.set(None);
-                            if let Some(done) = claim.take() {
-                                if let Some(children) = results.settle(done, outcome) {
-                                    return Poll::Ready(Step::Children(children));
-                                }
-                                if results.panicked() {
-                                    return Poll::Ready(Step::Supervise);
-                                }
+                            current.busy = false;
+                            let kept = current.kept.take();
+                            if let Some(children) =
+                                results.settle_parts(&origin, current.idx, kept, outcome)
+                            {
+                                return Poll::Ready(Step::Children(children));
+                            }
+                            if results.panicked() {
+                                return Poll::Ready(Step::Supervise);
                             }
                         }
                         let Some((idx, item)) = batch.pop() else {
                             return Poll::Ready(Step::Done);
                         };
-                        let next = self.claim(OriginRef::Borrowed(&origin), idx, &item);
+                        let kept = self.keep(&item);
                         // A hand-written `call` may panic before it returns its future.
                         match catch_unwind(AssertUnwindSafe(|| make(item))) {
                             Ok(fut) => {
                                 slot.set(Some(fut));
-                                claim = Some(next);
+                                current.idx = idx;
+                                current.busy = true;
+                                current.kept = kept;
                             }
                             Err(payload) => {
                                 let outcome = panicked::<S>(catch.caught(&*payload, cx));
-                                if let Some(children) = results.settle(next, outcome) {
+                                if let Some(children) =
+                                    results.settle_parts(&origin, idx, kept, outcome)
+                                {
                                     return Poll::Ready(Step::Children(children));
                                 }
                                 if results.panicked() {
@@ -452,6 +478,7 @@ where
                     Step::Supervise => results.supervise().await,
                 }
             }
+            drop(current);
             results.flush().await;
         }
     }
@@ -496,7 +523,7 @@ where
                 task.one_at_a_time(&mut rx, &mut results, &cx, make).await;
             }
         } else {
-            let call = |claim: Claimed<'static, S::In>, item: S::In| {
+            let call = |claim: Claimed<S::In>, item: S::In| {
                 let cx = &cx;
                 async move { (claim, task.call(item, cx).await) }
             };
@@ -526,7 +553,7 @@ where
                     let Some((idx, item)) = batch.pop() else {
                         continue;
                     };
-                    let origin = OriginRef::Owned(Arc::clone(batch.origin()));
+                    let origin = Arc::clone(batch.origin());
                     let claim = task.claim(origin, idx, &item);
                     running.push(call(claim, item));
                 }
