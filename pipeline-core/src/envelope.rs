@@ -86,6 +86,18 @@ impl<T> Batch<T> {
         Some((idx, item))
     }
 
+    /// Hands the items out one by one, in order; see [`Items`].
+    pub(crate) fn into_items(mut self) -> Items<T> {
+        let items = std::mem::take(&mut self.items).into_iter();
+        let idx = std::mem::take(&mut self.idx);
+        Items {
+            items,
+            idx,
+            next: 0,
+            origin: Arc::clone(&self.origin),
+        }
+    }
+
     /// Splits off the first `n` items into their own batch.
     pub(crate) fn split_front(&mut self, n: usize) -> Batch<T> {
         let rest_items = self.items.split_off(n);
@@ -145,6 +157,43 @@ impl<T> Drop for Batch<T> {
     fn drop(&mut self) {
         if !self.items.is_empty() {
             self.finish_all(Outcome::Abandoned);
+        }
+    }
+}
+
+/// A batch being taken apart item by item. Items not yet taken when it is dropped (an
+/// aborted task) end `Abandoned`.
+#[derive(Debug)]
+pub(crate) struct Items<T> {
+    items: std::vec::IntoIter<T>,
+    idx: Vec<u32>,
+    next: usize,
+    origin: Arc<Origin>,
+}
+
+impl<T> Items<T> {
+    pub(crate) fn origin(&self) -> &Arc<Origin> {
+        &self.origin
+    }
+
+    /// The next item with its index; the caller now owns its outcome.
+    #[inline(always)]
+    pub(crate) fn next(&mut self) -> Option<(u32, T)> {
+        let item = self.items.next()?;
+        let idx = self.idx.get(self.next).copied().unwrap_or_default();
+        self.next += 1;
+        Some((idx, item))
+    }
+}
+
+impl<T> Drop for Items<T> {
+    fn drop(&mut self) {
+        let rest = self.idx.get(self.next..).unwrap_or_default();
+        if !rest.is_empty() {
+            for &i in rest {
+                self.origin.mark(i, Outcome::Abandoned);
+            }
+            self.origin.release(rest.len());
         }
     }
 }

@@ -188,7 +188,7 @@ impl PipelineBuilder {
     /// [`PipelineHandle::ingest`](crate::PipelineHandle::ingest) hands out once spawned.
     /// The source ends when every handle is dropped (the pipeline's own included: it
     /// goes with the `PipelineHandle`) or at shutdown.
-    pub fn ingest<T: Send + Sync + 'static>(mut self, capacity: usize) -> Builder<T> {
+    pub fn ingest<T: Send + 'static>(mut self, capacity: usize) -> Builder<T> {
         let (ingest, source) = source::ingest::<T>(capacity);
         self.core.ingest = Some(Box::new(ingest) as Box<dyn Any + Send + Sync>);
         self.source(source)

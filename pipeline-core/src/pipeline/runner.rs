@@ -413,10 +413,10 @@ where
     {
         let catch = self.stage.stack().get_ref().get_ref().get_ref().get_ref();
         let mut slot = pin!(None::<Fut>);
-        while let Some(mut batch) = rx.recv().await {
+        while let Some(batch) = rx.recv().await {
             self.counters.received(batch.len());
+            let mut batch = batch.into_items();
             let origin = Arc::clone(batch.origin());
-            batch.reverse();
             // The item whose call is in `slot`; ends `Abandoned` if the task is aborted.
             let mut current = Current {
                 origin: &origin,
@@ -445,7 +445,7 @@ where
                                 return Poll::Ready(Step::Supervise);
                             }
                         }
-                        let Some((idx, item)) = batch.pop() else {
+                        let Some((idx, item)) = batch.next() else {
                             return Poll::Ready(Step::Done);
                         };
                         let kept = self.keep(&item);
