@@ -1,6 +1,9 @@
 //! [`RateLimiter`] (GCRA on tokio's clock) and the [`RateLimit`] stage wrapper.
 
 use std::fmt;
+use std::future::Future;
+
+use futures::future::Either;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -244,15 +247,21 @@ impl<S: Stage> Stage for RateLimit<S> {
     // Forwarded: dead letters of the wrapped stage still show the item.
     const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
 
-    async fn call(&self, item: S::In, cx: &Context) -> Result<S::Output, S::Error> {
-        if let Some(limiter) = &self.limiter {
-            if let Err(overloaded) = limiter.try_acquire() {
-                self.counters.record(Event::RateWait);
-                tracing::trace!(stage = cx.stage(), ready_at = ?overloaded.ready_at(), "waiting for rate limit");
-                limiter.until_ready().await;
-            }
-        }
-        self.inner.call(item, cx).await
+    fn call(
+        &self,
+        item: S::In,
+        cx: &Context,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send {
+        // No limiter, or a token at once: the inner call itself, with no extra state.
+        let Some(limiter) = self.limiter.as_ref().filter(|l| l.try_acquire().is_err()) else {
+            return Either::Left(self.inner.call(item, cx));
+        };
+        Either::Right(async move {
+            self.counters.record(Event::RateWait);
+            tracing::trace!(stage = cx.stage(), "waiting for rate limit");
+            limiter.until_ready().await;
+            self.inner.call(item, cx).await
+        })
     }
 
     fn is_permanent(&self, error: &S::Error) -> bool {

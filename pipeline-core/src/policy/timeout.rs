@@ -1,6 +1,8 @@
 //! [`Timeout`]: a deadline for each attempt.
 
 use std::fmt;
+
+use futures::future::Either;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
@@ -151,10 +153,41 @@ where
     // Forwarded: dead letters of the wrapped stage still show the item.
     const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
 
-    async fn call(&self, item: S::In, cx: &Context) -> Result<S::Output, S::Error> {
-        let Some(after) = self.after else {
-            return self.inner.call(item, cx).await;
-        };
+    fn call(
+        &self,
+        item: S::In,
+        cx: &Context,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send {
+        match self.after {
+            // No deadline: the inner call itself, with no extra state.
+            None => Either::Left(self.inner.call(item, cx)),
+            Some(after) => Either::Right(self.deadline(item, cx, after)),
+        }
+    }
+
+    fn is_permanent(&self, error: &S::Error) -> bool {
+        self.inner.is_permanent(error)
+    }
+
+    fn restart(&self) {
+        self.inner.restart();
+    }
+
+    fn options(&self) -> StageOptions {
+        self.inner.options()
+    }
+}
+
+impl<S: Stage> Timeout<S>
+where
+    S::Error: From<Elapsed>,
+{
+    async fn deadline(
+        &self,
+        item: S::In,
+        cx: &Context,
+        after: Duration,
+    ) -> Result<S::Output, S::Error> {
         let mut attempt = pin!(self.inner.call(item, cx));
         let mut timer = pin!(None::<tokio::time::Sleep>);
         let outcome = poll_fn(|task| {
@@ -184,18 +217,6 @@ where
                 Err(Elapsed::new(after).into())
             }
         }
-    }
-
-    fn is_permanent(&self, error: &S::Error) -> bool {
-        self.inner.is_permanent(error)
-    }
-
-    fn restart(&self) {
-        self.inner.restart();
-    }
-
-    fn options(&self) -> StageOptions {
-        self.inner.options()
     }
 }
 

@@ -1,6 +1,8 @@
 //! [`Breaker`]: a stage behind a [`CircuitBreaker`].
 
 use std::fmt;
+
+use futures::future::Either;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,10 +154,41 @@ where
     // Forwarded: dead letters of the wrapped stage still show the item.
     const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
 
-    async fn call(&self, item: S::In, cx: &Context) -> Result<S::Output, S::Error> {
-        let Some(breaker) = &self.breaker else {
-            return self.inner.call(item, cx).await;
-        };
+    fn call(
+        &self,
+        item: S::In,
+        cx: &Context,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send {
+        match &self.breaker {
+            // No breaker: the inner call itself, with no extra state.
+            None => Either::Left(self.inner.call(item, cx)),
+            Some(breaker) => Either::Right(self.guarded(breaker, item, cx)),
+        }
+    }
+
+    fn is_permanent(&self, error: &S::Error) -> bool {
+        self.inner.is_permanent(error)
+    }
+
+    fn restart(&self) {
+        self.inner.restart();
+    }
+
+    fn options(&self) -> StageOptions {
+        self.inner.options()
+    }
+}
+
+impl<S: Stage> Breaker<S>
+where
+    S::Error: From<BreakerOpen>,
+{
+    async fn guarded(
+        &self,
+        breaker: &CircuitBreaker,
+        item: S::In,
+        cx: &Context,
+    ) -> Result<S::Output, S::Error> {
         let permit = match breaker.try_acquire() {
             Ok(permit) => permit,
             Err(open) => match self.mode {
@@ -180,18 +213,6 @@ where
             Err(_) => permit.failure(elapsed),
         }
         result
-    }
-
-    fn is_permanent(&self, error: &S::Error) -> bool {
-        self.inner.is_permanent(error)
-    }
-
-    fn restart(&self) {
-        self.inner.restart();
-    }
-
-    fn options(&self) -> StageOptions {
-        self.inner.options()
     }
 }
 
