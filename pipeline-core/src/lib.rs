@@ -46,6 +46,13 @@
 //! [`stats`](PipelineHandle::stats) snapshot, and graceful
 //! [`shutdown`](PipelineHandle::shutdown) returning the report.
 //!
+//! # Panics in stages
+//!
+//! A panic inside a stage's call is caught: it fails that attempt of that item (which may
+//! be retried or dead-lettered), the stage is restarted ([`Stage::restart`]) and nothing
+//! else is affected. This needs unwinding: a program built with `panic = "abort"` aborts
+//! instead (the pipeline logs a warning when it starts).
+//!
 //! | module | concept |
 //! |---|---|
 //! | [`stage`] | the [`Stage`] trait and closure stages |

@@ -54,6 +54,12 @@ impl Pipeline {
     /// Outside a tokio runtime (as `tokio::spawn` does).
     pub fn spawn(self) -> PipelineHandle {
         let core = self.core;
+        if cfg!(panic = "abort") {
+            tracing::warn!(
+                pipeline = %core.control.name,
+                "built with panic = \"abort\": a panicking stage aborts the process; panic isolation is off"
+            );
+        }
         let tracker = TaskTracker::new();
         let pipeline = core.control.name.clone();
         let mut aborts = Vec::with_capacity(core.tasks.len());
