@@ -18,7 +18,7 @@ use super::tasks::{self, SinkRole};
 use super::{Control, Core, DEFAULT_CAPACITY, MAX_BATCH, Row};
 use crate::ack::Ledger;
 use crate::dead_letter::DeadLetter;
-use crate::edge::{EdgeTx, edge};
+use crate::edge::{EdgeRx, EdgeTx, edge};
 use crate::graph::Graph;
 use crate::options::{
     BreakerOptions, OnError, RateOptions, RestartOptions, RetryOptions, StageOptions, WhenFull,
@@ -133,6 +133,30 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Wires element `node` named `name`: its input edge fed by `upstream`, its counters
+    /// and its stats row.
+    #[allow(clippy::too_many_arguments)]
+    fn element<T: Send + 'static>(
+        &mut self,
+        node: usize,
+        name: &str,
+        kind: Kind,
+        concurrency: usize,
+        capacity: usize,
+        when_full: WhenFull,
+        upstream: impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize>,
+    ) -> (EdgeRx<T>, Arc<Counters>) {
+        self.graph.rename(node, name);
+        let rx = self.input(node, name, capacity, when_full, upstream);
+        let counters = self.counters(name, kind, concurrency);
+        if let Some(row) = self.rows.get_mut(node) {
+            *row = Some(Row::new(Arc::clone(&counters), Some(rx.probe())));
+        }
+        (rx, counters)
+    }
+}
+
 fn when_full_name(w: WhenFull) -> &'static str {
     match w {
         WhenFull::Block => "block",
@@ -177,11 +201,7 @@ impl PipelineBuilder {
     /// Reads items from `source`.
     pub fn source<S: Source>(mut self, source: S) -> Builder<S::Item> {
         let node = self.core.reserve("source", Kind::Source);
-        Builder {
-            core: self.core,
-            pending: source_link(node, source),
-            settings: StageOptions::default(),
-        }
+        Builder::new(self.core, source_link(node, source))
     }
 
     /// Reads items sent through an [`Ingest`] handle, which
@@ -214,6 +234,27 @@ impl<T> std::fmt::Debug for Builder<T> {
 }
 
 impl<T: Send + 'static> Builder<T> {
+    fn new(core: Core, pending: Pending<T>) -> Self {
+        Builder {
+            core,
+            pending,
+            settings: StageOptions::default(),
+        }
+    }
+
+    /// A builder whose first element's input edge is handed to `slot` (a branch or a lane
+    /// starting at router `node`).
+    fn entry(core: Core, node: usize, slot: &Slot<T>) -> Self {
+        let fill = Arc::clone(slot);
+        Builder::new(
+            core,
+            Box::new(move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
+                put_slot(&fill, tx);
+                vec![node]
+            }),
+        )
+    }
+
     /// Closes the pending element over its settings.
     fn upstream(self) -> (Core, impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize> + Send) {
         let Builder {
@@ -245,25 +286,20 @@ impl<T: Send + 'static> Builder<T> {
                 Some(n) => Arc::from(&**n),
                 None => Arc::from(short_type_name::<S>()),
             };
-            core.graph.rename(node, &name);
             let concurrency = opts.concurrency.unwrap_or(1).max(1);
-            let capacity = opts.buffer.unwrap_or(DEFAULT_CAPACITY);
-            let rx = core.input(
+            let (rx, counters) = core.element(
                 node,
                 &name,
-                capacity,
+                Kind::Stage,
+                concurrency,
+                opts.buffer.unwrap_or(DEFAULT_CAPACITY),
                 opts.when_full.unwrap_or_default(),
                 upstream,
             );
-            let counters = core.counters(&name, Kind::Stage, concurrency);
             let stage = Policies::new(stage, &opts);
-            if let Some(row) = core.rows.get_mut(node) {
-                *row = Some(Row {
-                    counters: Arc::clone(&counters),
-                    input: Some(rx_probe(&rx)),
-                    policy: Some(Arc::clone(stage.counters())),
-                    breaker: stage.breaker().cloned(),
-                });
+            if let Some(Some(row)) = core.rows.get_mut(node) {
+                row.policy = Some(Arc::clone(stage.counters()));
+                row.breaker = stage.breaker().cloned();
             }
             let plain = opts.timeout.is_none()
                 && opts.retry.is_none()
@@ -285,11 +321,7 @@ impl<T: Send + 'static> Builder<T> {
             core.tasks.push((name.to_string(), Box::pin(task.run(rx))));
             vec![node]
         });
-        Builder {
-            core,
-            pending,
-            settings: StageOptions::default(),
-        }
+        Builder::new(core, pending)
     }
 
     /// Adds a stage from an async closure with one output per item; see
@@ -315,11 +347,7 @@ impl<T: Send + 'static> Builder<T> {
             from.extend(other(core, settings, tx));
             from
         });
-        Builder {
-            core,
-            pending,
-            settings: StageOptions::default(),
-        }
+        Builder::new(core, pending)
     }
 
     /// Copies every item into `branch` (which must end in a sink) and continues with the
@@ -336,19 +364,14 @@ impl<T: Send + 'static> Builder<T> {
         let (core, upstream) = self.upstream();
         let (core, branch_tx) = split_off(core, node, branch);
         let pending: Pending<T> = Box::new(move |core, _settings, tx| {
-            let rx = core.input(node, "tee", MAX_BATCH, WhenFull::Block, upstream);
-            let counters = core.counters("tee", Kind::Router, 1);
-            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
+            let (rx, counters) =
+                core.element(node, "tee", Kind::Router, 1, MAX_BATCH, WhenFull::Block, upstream);
             let outputs: Vec<EdgeTx<T>> = take_slot(&branch_tx).into_iter().chain([tx]).collect();
             core.tasks
                 .push(("tee".into(), Box::pin(tasks::tee(rx, outputs, counters))));
             vec![node]
         });
-        Builder {
-            core,
-            pending,
-            settings: StageOptions::default(),
-        }
+        Builder::new(core, pending)
     }
 
     /// Sends the items for which `pred` is true into `branch` (which must end in a sink);
@@ -362,9 +385,15 @@ impl<T: Send + 'static> Builder<T> {
         let (core, upstream) = self.upstream();
         let (core, branch_tx) = split_off(core, node, branch);
         let pending: Pending<T> = Box::new(move |core, _settings, tx| {
-            let rx = core.input(node, "route", MAX_BATCH, WhenFull::Block, upstream);
-            let counters = core.counters("route", Kind::Router, 1);
-            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
+            let (rx, counters) = core.element(
+                node,
+                "route",
+                Kind::Router,
+                1,
+                MAX_BATCH,
+                WhenFull::Block,
+                upstream,
+            );
             if let Some(matched) = take_slot(&branch_tx) {
                 core.tasks.push((
                     "route".into(),
@@ -373,11 +402,7 @@ impl<T: Send + 'static> Builder<T> {
             }
             vec![node]
         });
-        Builder {
-            core,
-            pending,
-            settings: StageOptions::default(),
-        }
+        Builder::new(core, pending)
     }
 
     /// Splits the stream into `lanes` lanes by `key`: items with equal keys take the same
@@ -399,18 +424,7 @@ impl<T: Send + 'static> Builder<T> {
         let mut lane_ends: Vec<(Pending<U>, StageOptions)> = Vec::new();
         for _ in 0..lanes.max(1) {
             let slot: Slot<T> = Arc::new(Mutex::new(None));
-            let fill = Arc::clone(&slot);
-            let start = Builder {
-                core,
-                pending: Box::new(
-                    move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
-                        put_slot(&fill, tx);
-                        vec![node]
-                    },
-                ),
-                settings: StageOptions::default(),
-            };
-            let end = lane(start);
+            let end = lane(Builder::entry(core, node, &slot));
             core = end.core;
             lane_ends.push((end.pending, end.settings));
             slots.push(slot);
@@ -421,20 +435,22 @@ impl<T: Send + 'static> Builder<T> {
                 from.extend(pending(core, own.or(settings.clone()), tx.clone()));
             }
             let txs: Vec<EdgeTx<T>> = slots.iter().filter_map(take_slot).collect();
-            let rx = core.input(node, "partition", MAX_BATCH, WhenFull::Block, upstream);
-            let counters = core.counters("partition", Kind::Router, 1);
-            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
+            let (rx, counters) = core.element(
+                node,
+                "partition",
+                Kind::Router,
+                1,
+                MAX_BATCH,
+                WhenFull::Block,
+                upstream,
+            );
             core.tasks.push((
                 "partition".into(),
                 Box::pin(tasks::partition(rx, key, txs, counters)),
             ));
             from
         });
-        Builder {
-            core,
-            pending,
-            settings: StageOptions::default(),
-        }
+        Builder::new(core, pending)
     }
 
     /// Groups items into `Vec`s of up to `size`, emitted when full or `within` after a
@@ -444,26 +460,20 @@ impl<T: Send + 'static> Builder<T> {
         let (core, upstream) = self.upstream();
         let pending: Pending<Vec<T>> = Box::new(move |core, settings, tx| {
             let name = settings.name.as_deref().unwrap_or("batch").to_owned();
-            core.graph.rename(node, &name);
-            let capacity = settings.buffer.unwrap_or(DEFAULT_CAPACITY);
-            let rx = core.input(
+            let (rx, counters) = core.element(
                 node,
                 &name,
-                capacity,
+                Kind::Router,
+                size,
+                settings.buffer.unwrap_or(DEFAULT_CAPACITY),
                 settings.when_full.unwrap_or_default(),
                 upstream,
             );
-            let counters = core.counters(&name, Kind::Router, size);
-            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
             core.tasks
                 .push((name, Box::pin(tasks::batch(rx, tx, size, within, counters))));
             vec![node]
         });
-        Builder {
-            core,
-            pending,
-            settings: StageOptions::default(),
-        }
+        Builder::new(core, pending)
     }
 
     /// Ends the chain in `sink`.
@@ -472,17 +482,15 @@ impl<T: Send + 'static> Builder<T> {
         let (core, upstream) = self.upstream();
         let finish: Finish = Box::new(move |core, settings| {
             let name = settings.name.as_deref().unwrap_or(sink.name()).to_owned();
-            core.graph.rename(node, &name);
-            let capacity = settings.buffer.unwrap_or(DEFAULT_CAPACITY);
-            let rx = core.input(
+            let (rx, counters) = core.element(
                 node,
                 &name,
-                capacity,
+                Kind::Sink,
+                1,
+                settings.buffer.unwrap_or(DEFAULT_CAPACITY),
                 settings.when_full.unwrap_or_default(),
                 upstream,
             );
-            let counters = core.counters(&name, Kind::Sink, 1);
-            core.rows[node] = Some(Row::new(Arc::clone(&counters), Some(rx_probe(&rx))));
             let dead_tx = Some(core.dead_tx.clone());
             core.tasks.push((
                 name,
@@ -581,9 +589,6 @@ fn take_slot<T>(slot: &Slot<T>) -> Option<EdgeTx<T>> {
     slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-fn rx_probe<T>(rx: &crate::edge::EdgeRx<T>) -> crate::edge::EdgeProbe {
-    rx.probe()
-}
 
 /// Builds `branch` off `node` now; its entry edge waits in the returned slot.
 fn split_off<T: Send + 'static>(
