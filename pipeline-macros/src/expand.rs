@@ -500,11 +500,11 @@ fn with_fields(init: TokenStream, var: &TokenStream, fields: &[TokenStream]) -> 
 /// A `Duration` in the largest whole unit that represents it exactly.
 fn duration(p: &TokenStream, d: Duration) -> TokenStream {
     let nanos = d.as_nanos();
-    let (ctor, n) = if nanos % 1_000_000_000 == 0 {
+    let (ctor, n) = if nanos.is_multiple_of(1_000_000_000) {
         (quote!(from_secs), nanos / 1_000_000_000)
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         (quote!(from_millis), nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         (quote!(from_micros), nanos / 1_000)
     } else {
         (quote!(from_nanos), nanos)

@@ -19,45 +19,45 @@ pub(crate) fn check(args: &mut Args, func: &ItemFn, stage: Option<&StageFn>, cx:
     let is_async = func.sig.asyncness.is_some();
 
     // `blocking` moves a plain fn off the async workers; an async fn is already on them.
-    if let Some(blocking) = args.blocking.get().filter(|o| o.value) {
-        if is_async {
-            cx.error(
-                blocking.key,
-                "`blocking` is for a plain `fn` doing CPU-bound or blocking work; this \
+    if let Some(blocking) = args.blocking.get().filter(|o| o.value)
+        && is_async
+    {
+        cx.error(
+            blocking.key,
+            "`blocking` is for a plain `fn` doing CPU-bound or blocking work; this \
                  function is `async`, so it already runs on the async workers: remove \
                  `blocking`, or remove `async` if the body never awaits",
-            );
-            args.blocking.clear();
-        }
+        );
+        args.blocking.clear();
     }
 
     // A call on the blocking pool cannot be cancelled: a timed-out attempt would keep
     // running next to its own retry (DESIGN.md, "Decisions").
-    if Args::is_set(&args.blocking) {
-        if let Some(timeout) = args.timeout.get() {
-            cx.error(
-                timeout.key,
-                "`timeout` cannot be used with `blocking`: a blocking call cannot be \
+    if Args::is_set(&args.blocking)
+        && let Some(timeout) = args.timeout.get()
+    {
+        cx.error(
+            timeout.key,
+            "`timeout` cannot be used with `blocking`: a blocking call cannot be \
                  cancelled, so a timed-out attempt would keep running beside its retry; \
                  remove `timeout`, or make the function `async` and await something \
                  cancellable",
-            );
-            args.timeout.clear();
-        }
+        );
+        args.timeout.clear();
     }
 
     // `ordered` only matters when several items are in flight.
     let concurrency = args.concurrency.get().map_or(1, |o| o.value);
-    if let Some(ordered) = args.ordered.get().filter(|o| o.value) {
-        if concurrency <= 1 {
-            cx.error(
-                ordered.key,
-                "`ordered` has no effect without `concurrency` above 1: with one item in \
+    if let Some(ordered) = args.ordered.get().filter(|o| o.value)
+        && concurrency <= 1
+    {
+        cx.error(
+            ordered.key,
+            "`ordered` has no effect without `concurrency` above 1: with one item in \
                  flight the output is always in input order; add `concurrency = N`, or \
                  remove `ordered`",
-            );
-            args.ordered.clear();
-        }
+        );
+        args.ordered.clear();
     }
 
     if let Some(stage) = stage {
@@ -117,16 +117,15 @@ fn signature_rules(args: &mut Args, stage: &StageFn, cx: &Ctxt) {
     }
 
     // `when` classifies errors; an infallible function has none.
-    if stage.output.error.is_none() {
-        if let Some(retry) = args.retry.value_mut() {
-            if let Some(when) = retry.value.when.get() {
-                cx.error(
-                    when.key,
-                    "`when` has no effect: this function returns no `Result`, so it has no \
+    if stage.output.error.is_none()
+        && let Some(retry) = args.retry.value_mut()
+        && let Some(when) = retry.value.when.get()
+    {
+        cx.error(
+            when.key,
+            "`when` has no effect: this function returns no `Result`, so it has no \
                      error to classify; remove `when`",
-                );
-                retry.value.when.clear();
-            }
-        }
+        );
+        retry.value.when.clear();
     }
 }

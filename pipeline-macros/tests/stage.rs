@@ -51,7 +51,7 @@ async fn parse(line: &str) -> Result<u64, AppError> {
 /// `Result<Option<T>, E>`: a filter.
 #[stage]
 async fn keep_even(n: u64) -> Result<Option<u64>, AppError> {
-    Ok((n % 2 == 0).then_some(n))
+    Ok(n.is_multiple_of(2).then_some(n))
 }
 
 /// `flatten`: many outputs, infallible.

@@ -68,7 +68,7 @@ async fn ack_fires_after_every_descendant_is_written() {
         })
         // n -> [n*100, n*100+1]; multiples of 4 filtered (no children)
         .stage(stage::flat_map_fn("children", |n: u64| async move {
-            Ok::<_, Infallible>(if n % 4 == 0 {
+            Ok::<_, Infallible>(if n.is_multiple_of(4) {
                 vec![]
             } else {
                 vec![n * 100, n * 100 + 1]

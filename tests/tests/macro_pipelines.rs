@@ -52,7 +52,7 @@ async fn flaky(n: u64) -> Result<u64, AppError> {
         *c
     };
     tokio::time::sleep(Duration::from_millis(n % 7)).await;
-    if n % 10 == 0 && attempt == 1 {
+    if n.is_multiple_of(10) && attempt == 1 {
         return Err(AppError::Transient(n));
     }
     Ok(n)
@@ -74,7 +74,7 @@ async fn enrich(n: u64, #[state] rates: &Rates) -> u64 {
 
 #[stage]
 fn drop_odd(n: u64) -> Option<u64> {
-    (n % 2 == 0).then_some(n)
+    n.is_multiple_of(2).then_some(n)
 }
 
 #[stage(flatten)]

@@ -248,10 +248,12 @@ impl<T: Send + 'static> Builder<T> {
         let fill = Arc::clone(slot);
         Builder::new(
             core,
-            Box::new(move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
-                put_slot(&fill, tx);
-                vec![node]
-            }),
+            Box::new(
+                move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
+                    put_slot(&fill, tx);
+                    vec![node]
+                },
+            ),
         )
     }
 
@@ -364,8 +366,15 @@ impl<T: Send + 'static> Builder<T> {
         let (core, upstream) = self.upstream();
         let (core, branch_tx) = split_off(core, node, branch);
         let pending: Pending<T> = Box::new(move |core, _settings, tx| {
-            let (rx, counters) =
-                core.element(node, "tee", Kind::Router, 1, MAX_BATCH, WhenFull::Block, upstream);
+            let (rx, counters) = core.element(
+                node,
+                "tee",
+                Kind::Router,
+                1,
+                MAX_BATCH,
+                WhenFull::Block,
+                upstream,
+            );
             let outputs: Vec<EdgeTx<T>> = take_slot(&branch_tx).into_iter().chain([tx]).collect();
             core.tasks
                 .push(("tee".into(), Box::pin(tasks::tee(rx, outputs, counters))));
@@ -588,7 +597,6 @@ fn put_slot<T>(slot: &Slot<T>, tx: EdgeTx<T>) {
 fn take_slot<T>(slot: &Slot<T>) -> Option<EdgeTx<T>> {
     slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
-
 
 /// Builds `branch` off `node` now; its entry edge waits in the returned slot.
 fn split_off<T: Send + 'static>(

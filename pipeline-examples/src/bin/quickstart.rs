@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .nth(1)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(1);
-            Ok::<_, Infallible>((n % 2 == 0).then_some(line))
+            Ok::<_, Infallible>(n.is_multiple_of(2).then_some(line))
         }))
         // Flat-map: one item per word.
         .stage(stage::flat_map_fn("words", |line: String| async move {
