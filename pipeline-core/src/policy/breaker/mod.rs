@@ -4,15 +4,17 @@
 mod window;
 mod wrapper;
 
-#[cfg(test)]
+#[cfg(all(test, pipeline_loom))]
+mod loom_tests;
+#[cfg(all(test, not(pipeline_loom)))]
 mod model;
-#[cfg(test)]
+#[cfg(all(test, not(pipeline_loom)))]
 mod tests;
 
 use std::fmt;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -20,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::options::{BreakerOptions, Window};
 use crate::policy::counters::{Counters, Event};
+use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use window::{FAILED, SLOW, SlidingWindow, Totals};
 
 pub use wrapper::Breaker;
