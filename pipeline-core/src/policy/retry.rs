@@ -1,6 +1,9 @@
 //! [`Retry`]: more attempts after retryable failures, with backoff and a budget.
 
 use std::fmt;
+use std::future::Future;
+
+use futures::future::Either;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -258,11 +261,18 @@ impl<S: Stage> Retry<S> {
         }
     }
 
-    async fn attempt(&self, item: S::In, cx: &Context, n: u32) -> Result<S::Output, S::Error> {
+    /// Attempt `n`: the first is the inner call itself; later ones carry their number in
+    /// the context.
+    fn attempt<'a>(
+        &'a self,
+        item: S::In,
+        cx: &'a Context,
+        n: u32,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send + 'a {
         if n == 1 {
-            self.inner.call(item, cx).await
+            Either::Left(self.inner.call(item, cx))
         } else {
-            self.inner.call(item, &cx.with_attempt(n)).await
+            Either::Right(async move { self.inner.call(item, &cx.with_attempt(n)).await })
         }
     }
 }
