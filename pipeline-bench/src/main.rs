@@ -26,6 +26,7 @@ pipeline-bench: the workloads of BENCHMARKS.md as ratios to hand-written baselin
 USAGE:
     pipeline-bench [--quick | --smoke] [--rounds N] [--only LIST] [--no-write]
     pipeline-bench callgrind [--quick | --smoke] [--no-write]
+    pipeline-bench redraw
 
     --quick       shorter runs (~0.25 s each instead of >= 1 s)
     --smoke       tiny fixed sizes, 2 rounds: checks that everything runs (CI); writes nothing
@@ -34,9 +35,13 @@ USAGE:
     --no-write    do not update pipeline-bench/RESULTS.md and ratios.svg
 
     callgrind     instructions per item under valgrind on a current_thread runtime:
-                  (Ir(2N) - Ir(N)) / N for map4, map4-guarded, map4-macro, map4-hand,
-                  B-batch and B-fused
+                  (Ir(2N) - Ir(N)) / N for map4, map4-sync, map4-guarded, map4-macro,
+                  map4-hand, B-batch-sync, B-batch and B-fused
+    redraw        redraw ratios.svg from the ratio table in RESULTS.md
 ";
+
+/// The chart's title.
+const CHART_TITLE: &str = "pipeline-core against hand-written baselines (same run)";
 
 /// How long and how big.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +101,24 @@ fn dispatch(args: &[String]) -> Res<()> {
                 .and_then(|s| Ty::parse(s))
                 .ok_or("unknown item type")?;
             callgrind::child(v, ty, num(args.get(3))?)
+        }
+        // Redraws ratios.svg from the ratio table in RESULTS.md (after a hand edit).
+        Some("redraw") => {
+            let dir = results_dir();
+            let text = std::fs::read_to_string(dir.join("RESULTS.md"))?;
+            let section = text
+                .split("<!-- BEGIN ratios ")
+                .nth(1)
+                .and_then(|s| s.split("<!-- END ratios -->").next())
+                .ok_or("no ratios section in RESULTS.md")?;
+            let rows = report::parse_table(section);
+            std::fs::write(dir.join("ratios.svg"), report::svg(&rows, CHART_TITLE))?;
+            eprintln!(
+                "redrew {} rows into {}",
+                rows.len(),
+                dir.join("ratios.svg").display()
+            );
+            Ok(())
         }
         Some("-h" | "--help") => {
             print!("{USAGE}");
@@ -300,6 +323,7 @@ fn results_dir() -> PathBuf {
 }
 
 fn ratios(opts: &Opts) -> Res<()> {
+    let provenance = report::provenance(&opts.command);
     let started = Instant::now();
     let rt = multi_thread()?;
     let mut rows: Vec<Row> = Vec::new();
@@ -387,7 +411,7 @@ fn ratios(opts: &Opts) -> Res<()> {
     if let Some((_, g)) = groups.iter().find(|(ty, _)| *ty == Ty::U64) {
         rows.push(Row::new(
             "macro-vs-hand u64",
-            "#[stage] / hand impl (wall; the verdict is callgrind's)",
+            "#[stage] / hand impl (wall clock)",
             Unit::Ratio,
             g.ratio(V::FwMacro, V::FwHand),
             Target::Within(0.98, 1.02),
@@ -515,17 +539,11 @@ fn ratios(opts: &Opts) -> Res<()> {
                 Mode::Smoke => "smoke",
             },
             opts.rounds,
-            report::provenance(&opts.command)
+            provenance
         );
         let dir = results_dir();
         report::update_section(&dir.join("RESULTS.md"), "ratios", &section)?;
-        std::fs::write(
-            dir.join("ratios.svg"),
-            report::svg(
-                &rows,
-                "pipeline-core against hand-written baselines (same run)",
-            ),
-        )?;
+        std::fs::write(dir.join("ratios.svg"), report::svg(&rows, CHART_TITLE))?;
         eprintln!("wrote {}", dir.join("RESULTS.md").display());
     }
     Ok(())
@@ -625,6 +643,7 @@ fn latency_section(
 }
 
 fn instruction_counts(opts: &Opts) -> Res<()> {
+    let provenance = report::provenance(&opts.command);
     let n: u64 = match opts.mode {
         Mode::Full => 500_000,
         Mode::Quick => 100_000,
@@ -649,14 +668,16 @@ fn instruction_counts(opts: &Opts) -> Res<()> {
          `current_thread` runtime, `valgrind --tool=callgrind`:\n\n\
          | variant | Ir(N) | Ir(2N) | instr/item | x B-batch-sync | x B-batch |\n|---|---:|---:|---:|---:|---:|\n"
     );
-    for v in variants {
+    let measured = variants.iter().try_for_each(|&v| -> Res<()> {
         let a = callgrind::instructions(v, Ty::U64, n, &scratch)?;
         let b = callgrind::instructions(v, Ty::U64, 2 * n, &scratch)?;
         let marginal = (b as f64 - a as f64) / n as f64;
         eprintln!("  {}: {a} / {b} -> {marginal:.1} instr/item", v.name());
         per_item.push((v, a, b, marginal));
-    }
-    let _ = std::fs::remove_dir(&scratch);
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    measured?;
     let get = |v: V| per_item.iter().find(|p| p.0 == v).map_or(f64::NAN, |p| p.3);
     let base = get(V::BBatch);
     let sync_base = get(V::BBatchSync);
@@ -720,10 +741,7 @@ fn instruction_counts(opts: &Opts) -> Res<()> {
     let table = report::table(&rows);
     println!("{text}\n{table}");
     if opts.write {
-        let section = format!(
-            "## Instruction counts\n\n{}\n{text}\n{table}",
-            report::provenance(&opts.command)
-        );
+        let section = format!("## Instruction counts\n\n{}\n{text}\n{table}", provenance);
         report::update_section(&results_dir().join("RESULTS.md"), "callgrind", &section)?;
         eprintln!("wrote {}", results_dir().join("RESULTS.md").display());
     }

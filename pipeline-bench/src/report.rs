@@ -174,10 +174,15 @@ pub(crate) fn provenance(command: &str) -> String {
     let commit =
         run_text("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let rustc = run_text("rustc", &["--version"]).unwrap_or_else(|| "unknown".into());
+    let built = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .and_then(|m| m.modified())
+        .map_or_else(|_| "unknown".into(), utc);
     format!(
-        "- date: {} (UTC)\n- machine: nproc = {nproc}, CPU model: {model}\n- git commit: {commit} \
-         (the working tree may carry uncommitted changes)\n- toolchain: {rustc}\n- command: `{command}`\n",
-        utc_now()
+        "- date: {} (UTC), binary built {built} (UTC)\n- machine: nproc = {nproc}, CPU model: {model}\n\
+         - git commit: {commit} at the start of the run (the working tree may carry uncommitted \
+         changes)\n- toolchain: {rustc}\n- command: `{command}`\n",
+        utc(SystemTime::now())
     )
 }
 
@@ -193,10 +198,8 @@ fn run_text(cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC.
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+fn utc(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let days = (secs / 86_400) as i64;
     let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
     // Howard Hinnant's civil_from_days.
@@ -241,7 +244,14 @@ pub(crate) fn svg(rows: &[Row], title: &str) -> String {
         .filter_map(|r| r.stats().map(|s| (r, s)))
         .filter(|(_, s)| s.0 > 0.0)
         .collect();
-    let (label_w, plot_w, value_w, row_h, top, bottom) = (300.0, 520.0, 110.0, 26.0, 56.0, 40.0);
+    let longest = rows
+        .iter()
+        .map(|(r, _)| r.workload.chars().count() + r.measure.chars().count() + 2)
+        .max()
+        .unwrap_or(0);
+    // About 6.5 px per character at 12 px sans-serif.
+    let label_w = (longest as f64 * 6.5 + 16.0).max(300.0);
+    let (plot_w, value_w, row_h, top, bottom) = (520.0, 110.0, 26.0, 56.0, 40.0);
     let mut lo = 1.0f64;
     let mut hi = 1.0f64;
     for (row, (min, _, max)) in &rows {
@@ -358,6 +368,51 @@ pub(crate) fn svg(rows: &[Row], title: &str) -> String {
     s
 }
 
+/// The ratio rows of a markdown table written by [`table`] (min, median and max become
+/// the row's values), to redraw the chart from `RESULTS.md`.
+pub(crate) fn parse_table(markdown: &str) -> Vec<Row> {
+    let ratio = |cell: &str| {
+        cell.trim()
+            .strip_suffix('x')
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let mut rows = Vec::new();
+    for line in markdown.lines() {
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        let [workload, measure, min, med, max, target, _met] = cells[..] else {
+            continue;
+        };
+        let (Some(min), Some(med), Some(max)) = (ratio(min), ratio(med), ratio(max)) else {
+            continue;
+        };
+        let target = if let Some(t) = target.strip_prefix(">=").and_then(ratio) {
+            Target::AtLeast(t)
+        } else if let Some(t) = target.strip_prefix("<=").and_then(ratio) {
+            Target::AtMost(t)
+        } else if let Some((lo, hi)) = target.split_once("..") {
+            match (ratio(lo), ratio(hi)) {
+                (Some(lo), Some(hi)) => Target::Within(lo, hi),
+                _ => Target::Info,
+            }
+        } else {
+            Target::Info
+        };
+        rows.push(Row::new(
+            workload,
+            measure,
+            Unit::Ratio,
+            vec![min, med, max],
+            target,
+        ));
+    }
+    rows
+}
+
 fn trim_num(v: f64) -> String {
     if v >= 1.0 {
         format!("{v:.0}")
@@ -407,6 +462,10 @@ mod tests {
         assert!(t.contains("pending"));
         let svg = svg(&rows, "t");
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        let back = parse_table(&t);
+        assert_eq!(back.len(), 1, "only the ratio rows with values come back");
+        assert_eq!(back[0].values, vec![0.5, 0.6, 0.7]);
+        assert_eq!(back[0].target, Target::AtLeast(0.6));
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
     }
 
