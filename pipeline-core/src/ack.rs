@@ -231,8 +231,15 @@ impl Origin {
             .collect();
         match &self.parent {
             Parent::Root { ledger, ack } => {
+                // Counted locally: at most six atomic adds per source batch.
+                let mut counts = [0u64; 6];
                 for o in &outcomes {
-                    ledger.outcomes[*o as usize].fetch_add(1, Ordering::AcqRel);
+                    counts[*o as usize] += 1;
+                }
+                for (total, n) in ledger.outcomes.iter().zip(counts) {
+                    if n > 0 {
+                        total.fetch_add(n, Ordering::AcqRel);
+                    }
                 }
                 let ack = ack
                     .lock()

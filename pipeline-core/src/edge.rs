@@ -285,11 +285,14 @@ impl<T> EdgeRx<T> {
     /// Cancel safety: cancel safe; a batch is only removed when it is returned.
     pub(crate) async fn recv(&mut self) -> Option<Batch<T>> {
         loop {
-            if let Some(batch) = self.try_recv() {
-                return Some(batch);
-            }
-            if self.shared.lock().senders == 0 && self.shared.lock().queue.is_empty() {
-                return None;
+            {
+                let mut st = self.shared.lock();
+                if let Some(batch) = self.take(&mut st) {
+                    return Some(batch);
+                }
+                if st.senders == 0 {
+                    return None;
+                }
             }
             self.shared.data.notified().await;
         }
@@ -298,15 +301,16 @@ impl<T> EdgeRx<T> {
     /// The next batch if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<Batch<T>> {
         let mut st = self.shared.lock();
+        self.take(&mut st)
+    }
+
+    /// Pops the oldest batch under the lock and wakes senders waiting for room.
+    fn take(&self, st: &mut State<T>) -> Option<Batch<T>> {
         let batch = st.queue.pop_front()?;
         st.len -= batch.len();
         self.shared.numbers.depth.store(st.len, Ordering::Relaxed);
         if st.space_waiters > 0 {
             self.shared.space.notify_waiters();
-        }
-        if !st.queue.is_empty() || st.senders == 0 {
-            // Keep the permit: another recv may follow without waiting.
-            self.shared.data.notify_one();
         }
         Some(batch)
     }

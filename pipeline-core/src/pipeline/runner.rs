@@ -216,6 +216,8 @@ struct Results<'a, S: Stage> {
     tally: Tally,
     supervisor: Supervisor,
     panics_seen: u64,
+    /// Size of the input batch at hand: output batches are allocated for about as many.
+    hint: usize,
 }
 
 impl<S: Stage> Results<'_, S> {
@@ -250,7 +252,7 @@ impl<S: Stage> Results<'_, S> {
                     origin.finish(idx, Outcome::Filtered);
                     return None;
                 };
-                self.out.push(origin, idx, first, MAX_BATCH);
+                self.out.push(origin, idx, first, self.hint);
                 if <S::Shape as Shape<S::Output>>::MANY {
                     return Some((Arc::clone(origin), idx, items));
                 }
@@ -415,6 +417,7 @@ where
         let mut slot = pin!(None::<Fut>);
         while let Some(batch) = rx.recv().await {
             self.counters.received(batch.len());
+            results.hint = batch.len();
             let mut batch = batch.into_items();
             let origin = Arc::clone(batch.origin());
             // The item whose call is in `slot`; ends `Abandoned` if the task is aborted.
@@ -512,6 +515,7 @@ where
             tally: Tally::default(),
             supervisor: Supervisor::new(self.restart),
             panics_seen: 0,
+            hint: 1,
         };
         if task.concurrency <= 1 {
             if task.plain {
@@ -527,6 +531,7 @@ where
                 let cx = &cx;
                 async move { (claim, task.call(item, cx).await) }
             };
+            results.hint = MAX_BATCH;
             let mut running = if task.ordered {
                 InFlight::Ordered(FuturesOrdered::new())
             } else {

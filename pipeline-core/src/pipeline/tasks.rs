@@ -31,6 +31,8 @@ pub(crate) async fn source<S: Source>(
     let mut backoff = Duration::from_millis(100);
     let mut stopping = false;
     loop {
+        // A source that is always ready must still let the other tasks of its worker run.
+        tokio::task::consume_budget().await;
         let pulled = if stopping {
             source.pull(max).await
         } else {
