@@ -189,7 +189,9 @@ impl<T: Send + 'static> EdgeTx<T> {
         }
         match shared.when_full {
             WhenFull::Block => {
-                if room > 0 {
+                // Send what fits only if that is a worthwhile part: splitting off whatever
+                // little room there is would cut the stream into tiny batches.
+                if room > 0 && (2 * room >= shared.capacity || batch.len() > shared.capacity) {
                     let front = batch.split_front(room);
                     Self::push(shared, &mut st, front);
                 }
