@@ -51,7 +51,7 @@ impl Tally {
 }
 
 /// An item type of the map4 workloads and its three cheap stage functions.
-pub(crate) trait Item: Clone + Send + 'static + Sized {
+pub(crate) trait Item: Clone + Send + Sync + 'static + Sized {
     /// Builds item `i` (in the source).
     fn make(i: u64) -> Self;
     /// Stage 1.

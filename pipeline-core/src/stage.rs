@@ -72,6 +72,25 @@ pub trait Stage: Send + Sync + 'static {
     /// [`show_items_as_json`] and [`show_items_as_debug`] set it for any stage.
     const DEAD_LETTER_ITEM: Option<ShowFn<Self::In>> = None;
 
+    /// Whether the stage only borrows its input ([`call_ref`](Self::call_ref)): a
+    /// `#[stage]` fn taking `&T`. Then every attempt of a retried item borrows the one
+    /// item the runtime keeps, and nothing is cloned for retries.
+    const BORROWS: bool = false;
+
+    /// One attempt with a borrowed input. The runtime calls it instead of
+    /// [`call`](Self::call) for retried attempts when [`BORROWS`](Self::BORROWS) is `true`;
+    /// the default clones the input and calls `call`.
+    fn call_ref<'a>(
+        &'a self,
+        item: &'a Self::In,
+        cx: &'a Context,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send + 'a
+    where
+        Self::In: Clone + Sync,
+    {
+        self.call(item.clone(), cx)
+    }
+
     /// Whether `error` must not be retried. Permanent errors skip the remaining attempts
     /// and do not count as circuit-breaker failures. Default: every error is retryable.
     fn is_permanent(&self, error: &Self::Error) -> bool {
@@ -357,6 +376,7 @@ impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How> {
     type Error = S::Error;
 
     const DEAD_LETTER_ITEM: Option<ShowFn<Self::In>> = Some(How::show);
+    const BORROWS: bool = S::BORROWS;
 
     fn call(
         &self,
@@ -364,6 +384,17 @@ impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How> {
         cx: &Context,
     ) -> impl Future<Output = Result<S::Output, S::Error>> + Send {
         self.stage.call(item, cx)
+    }
+
+    fn call_ref<'a>(
+        &'a self,
+        item: &'a S::In,
+        cx: &'a Context,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send + 'a
+    where
+        S::In: Clone + Sync,
+    {
+        self.stage.call_ref(item, cx)
     }
 
     fn is_permanent(&self, error: &S::Error) -> bool {

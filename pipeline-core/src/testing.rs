@@ -71,7 +71,7 @@ where
 pub async fn run_stage<S, I>(stage: S, items: I) -> TestRun<Emitted<S>>
 where
     S: Stage,
-    S::In: Clone,
+    S::In: Clone + Sync,
     I: IntoIterator<Item = S::In>,
     I::IntoIter: Send + 'static,
 {

@@ -267,19 +267,70 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
         .collect()
 }
 
-/// `Stage::call`: lock mutable state, call the function, wrap an infallible result.
+/// `Stage::call`: lock mutable state, call the function, wrap an infallible result. For a
+/// function that borrows its input (and is not `blocking`), also `Stage::call_ref`, so
+/// retries lend the one item to every attempt instead of cloning it.
 fn call(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
-    let func = &stage.ident;
     let blocking = Args::is_set(&args.blocking);
     let uses_cx = stage.args.iter().any(|arg| matches!(arg, Arg::Context));
     let cx = if uses_cx { quote!(cx) } else { quote!(_cx) };
 
+    // The future must be `Send`; if the function's is not, rustc explains why (which
+    // value is held across which `.await`) at the function's `async fn`.
+    let sig_span = stage
+        .asyncness
+        .map_or(stage.fn_token.span, |a| a.span)
+        .join(stage.ident.span())
+        .unwrap_or(stage.ident.span());
+    let ret = respan(
+        quote!(impl #p::Future<Output = #p::Result<Self::Output, Self::Error>> + #p::Send),
+        sig_span,
+    );
+    let by_value = body(p, stage, blocking, quote!(&item));
+    let mut tokens = quote! {
+        fn call(&self, item: Self::In, #cx: &#p::Context) -> #ret {
+            async move { #by_value }
+        }
+    };
+    let borrows = stage
+        .args
+        .iter()
+        .any(|arg| matches!(arg, Arg::Input { by_ref: true }));
+    if borrows && !blocking {
+        let borrowed = body(p, stage, blocking, quote!(item));
+        let ret_ref = respan(
+            quote!(impl #p::Future<Output = #p::Result<Self::Output, Self::Error>> + #p::Send + 'pipeline_item),
+            sig_span,
+        );
+        tokens.extend(quote! {
+            const BORROWS: bool = true;
+
+            fn call_ref<'pipeline_item>(
+                &'pipeline_item self,
+                item: &'pipeline_item Self::In,
+                #cx: &'pipeline_item #p::Context,
+            ) -> #ret_ref
+            where
+                Self::In: #p::Clone + #p::Sync,
+            {
+                async move { #borrowed }
+            }
+        });
+    }
+    tokens
+}
+
+/// The statements of one call: set-up of state and context, the call (awaited, on the
+/// blocking pool, or plain) and the wrapping of an infallible result. `input` is how a
+/// borrowed input is passed (`&item` when `item` is owned, `item` when it is a reference).
+fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) -> TokenStream {
+    let func = &stage.ident;
     let mut setup = Vec::new();
     let mut call_args = Vec::new();
     for arg in &stage.args {
         call_args.push(match arg {
             Arg::Input { by_ref: false } => quote!(item),
-            Arg::Input { by_ref: true } => quote!(&item),
+            Arg::Input { by_ref: true } => input.clone(),
             Arg::Context if blocking => {
                 setup.push(quote!(let cx = #p::Clone::clone(cx);));
                 quote!(&cx)
@@ -313,25 +364,9 @@ fn call(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
     if stage.output.error.is_none() {
         result = quote!(#p::Ok(#result));
     }
-
-    // The future must be `Send`; if the function's is not, rustc explains why (which
-    // value is held across which `.await`) at the function's `async fn`.
-    let sig_span = stage
-        .asyncness
-        .map_or(stage.fn_token.span, |a| a.span)
-        .join(stage.ident.span())
-        .unwrap_or(stage.ident.span());
-    let ret = respan(
-        quote!(impl #p::Future<Output = #p::Result<Self::Output, Self::Error>> + #p::Send),
-        sig_span,
-    );
     quote! {
-        fn call(&self, item: Self::In, #cx: &#p::Context) -> #ret {
-            async move {
-                #(#setup)*
-                #result
-            }
-        }
+        #(#setup)*
+        #result
     }
 }
 

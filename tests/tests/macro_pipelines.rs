@@ -249,3 +249,61 @@ async fn a_declared_breaker_degrades_health_and_recovers() {
     assert_eq!(out.len(), 100);
     assert_eq!(report.delivered, 100);
 }
+
+/// An item that counts its clones.
+#[derive(Debug)]
+pub struct Counted(u64);
+
+static CLONES: AtomicU64 = AtomicU64::new(0);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        CLONES.fetch_add(1, Ordering::SeqCst);
+        Counted(self.0)
+    }
+}
+
+static BORROWED_CALLS: AtomicU64 = AtomicU64::new(0);
+static OWNED_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Fails the first two attempts of every item.
+#[stage(retry(attempts = 3, backoff = "1ms"))]
+async fn borrowing(item: &Counted, cx: &Context) -> Result<u64, AppError> {
+    BORROWED_CALLS.fetch_add(1, Ordering::SeqCst);
+    if cx.attempt() < 3 {
+        Err(AppError::Transient(item.0))
+    } else {
+        Ok(item.0)
+    }
+}
+
+/// The same, taking the item by value.
+#[stage(retry(attempts = 3, backoff = "1ms"))]
+async fn owning(item: Counted, cx: &Context) -> Result<u64, AppError> {
+    OWNED_CALLS.fetch_add(1, Ordering::SeqCst);
+    if cx.attempt() < 3 {
+        Err(AppError::Transient(item.0))
+    } else {
+        Ok(item.0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_that_borrows_its_input_is_retried_without_copies() {
+    CLONES.store(0, Ordering::SeqCst);
+    let run = testing::run((0..100).map(Counted), |b| b.stage(Borrowing)).await;
+    assert_eq!(run.delivered.len(), 100);
+    assert_eq!(
+        BORROWED_CALLS.load(Ordering::SeqCst),
+        300,
+        "three attempts each"
+    );
+    assert_eq!(CLONES.load(Ordering::SeqCst), 0, "no copy kept for retries");
+
+    // By value, every attempt gets its own copy.
+    CLONES.store(0, Ordering::SeqCst);
+    let run = testing::run((0..100).map(Counted), |b| b.stage(Owning)).await;
+    assert_eq!(run.delivered.len(), 100);
+    assert_eq!(OWNED_CALLS.load(Ordering::SeqCst), 300);
+    assert_eq!(CLONES.load(Ordering::SeqCst), 300);
+}

@@ -273,12 +273,13 @@ impl<T: Send + 'static> Builder<T> {
     ///
     /// The stage runs inside the policies its options declare (timeout, retry, breaker,
     /// rate limit; panics are always caught), in the fixed order of [`crate::policy`].
-    /// Items are `Clone` so that a retry can call the stage again with the same input:
-    /// the clone happens only for attempts that may be retried. Wrap a payload that cannot
-    /// be cloned in an `Arc`.
+    /// Items are `Clone + Sync` so that a retry can call the stage again with the same
+    /// input: a stage that borrows its input ([`Stage::BORROWS`], a `#[stage]` fn taking
+    /// `&T`) lends the one item to every attempt; any other is given a clone per attempt,
+    /// and only when retries are configured. Wrap a payload that is neither in an `Arc`.
     pub fn stage<S: Stage<In = T>>(mut self, stage: S) -> Builder<Emitted<S>>
     where
-        T: Clone,
+        T: Clone + Sync,
     {
         let node = self.core.reserve("stage", Kind::Stage);
         let (core, upstream) = self.upstream();
@@ -330,7 +331,7 @@ impl<T: Send + 'static> Builder<T> {
     /// [`stage::map_fn`](crate::stage::map_fn).
     pub fn stage_fn<F, O, E, Fut>(self, name: &'static str, f: F) -> Builder<O>
     where
-        T: Clone,
+        T: Clone + Sync,
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send,
         O: Send + 'static,

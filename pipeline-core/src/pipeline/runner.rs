@@ -376,7 +376,7 @@ impl<S: Stage> Results<'_, S> {
 
 impl<S: Stage> StageTask<S>
 where
-    S::In: Clone,
+    S::In: Clone + Sync,
 {
     /// A copy of the input for its dead letter, if the stage shows items (a constant: no
     /// cost for stages that do not).
@@ -501,7 +501,7 @@ where
                 first_failure: None,
             }))
         } else {
-            Either::Right(self.stage.run(item, cx))
+            Either::Right(self.stage.run_shared(item, cx))
         }
     }
 
@@ -523,7 +523,7 @@ where
                 let make = |item| catch.get_ref().call(item, &cx);
                 task.one_at_a_time(&mut rx, &mut results, &cx, make).await;
             } else {
-                let make = |item| task.stage.run(item, &cx);
+                let make = |item| task.stage.run_shared(item, &cx);
                 task.one_at_a_time(&mut rx, &mut results, &cx, make).await;
             }
         } else {

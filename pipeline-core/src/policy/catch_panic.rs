@@ -136,6 +136,28 @@ impl<S> CatchPanic<S> {
         self.inner
     }
 
+    /// Runs the attempt `make` builds, turning a panic (while building or polling) into
+    /// a [`Panicked`] error.
+    async fn guard<F>(
+        &self,
+        make: impl FnOnce() -> F,
+        cx: &Context,
+    ) -> Result<S::Output, Failure<S::Error>>
+    where
+        S: Stage,
+        F: Future<Output = Result<S::Output, S::Error>>,
+    {
+        // A hand-written `call` may panic before returning its future: guard that too.
+        let attempt = match std::panic::catch_unwind(AssertUnwindSafe(make)) {
+            Ok(attempt) => attempt,
+            Err(payload) => return Err(self.caught(&*payload, cx).into()),
+        };
+        match AssertUnwindSafe(attempt).catch_unwind().await {
+            Ok(result) => result.map_err(Failure::Call),
+            Err(payload) => Err(self.caught(&*payload, cx).into()),
+        }
+    }
+
     pub(crate) fn caught(&self, payload: &(dyn Any + Send), cx: &Context) -> Panicked {
         let panicked = Panicked::from_payload(payload);
         self.counters.record(Event::Panic);
@@ -158,17 +180,21 @@ impl<S: Stage> Stage for CatchPanic<S> {
     // Forwarded: dead letters of the wrapped stage still show the item.
     const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
 
+    const BORROWS: bool = S::BORROWS;
+
     async fn call(&self, item: S::In, cx: &Context) -> Result<S::Output, Failure<S::Error>> {
-        // A hand-written `call` may panic before returning its future: guard that too.
-        let attempt = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(item, cx)))
-        {
-            Ok(attempt) => attempt,
-            Err(payload) => return Err(self.caught(&*payload, cx).into()),
-        };
-        match AssertUnwindSafe(attempt).catch_unwind().await {
-            Ok(result) => result.map_err(Failure::Call),
-            Err(payload) => Err(self.caught(&*payload, cx).into()),
-        }
+        self.guard(|| self.inner.call(item, cx), cx).await
+    }
+
+    async fn call_ref<'a>(
+        &'a self,
+        item: &'a S::In,
+        cx: &'a Context,
+    ) -> Result<S::Output, Failure<S::Error>>
+    where
+        S::In: Clone + Sync,
+    {
+        self.guard(|| self.inner.call_ref(item, cx), cx).await
     }
 
     /// The stage's own verdict for its errors; [`Failure::BreakerOpen`] (fail-fast) is

@@ -253,15 +253,28 @@ impl<S: Stage> Stage for RateLimit<S> {
         cx: &Context,
     ) -> impl Future<Output = Result<S::Output, S::Error>> + Send {
         // No limiter, or a token at once: the inner call itself, with no extra state.
-        let Some(limiter) = self.limiter.as_ref().filter(|l| l.try_acquire().is_err()) else {
-            return Either::Left(self.inner.call(item, cx));
-        };
-        Either::Right(async move {
-            self.counters.record(Event::RateWait);
-            tracing::trace!(stage = cx.stage(), "waiting for rate limit");
-            limiter.until_ready().await;
-            self.inner.call(item, cx).await
-        })
+        match self.limiter.as_ref().filter(|l| l.try_acquire().is_err()) {
+            None => Either::Left(self.inner.call(item, cx)),
+            Some(limiter) => Either::Right(self.wait(limiter, || self.inner.call(item, cx), cx)),
+        }
+    }
+
+    const BORROWS: bool = S::BORROWS;
+
+    fn call_ref<'a>(
+        &'a self,
+        item: &'a S::In,
+        cx: &'a Context,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send + 'a
+    where
+        S::In: Clone + Sync,
+    {
+        match self.limiter.as_ref().filter(|l| l.try_acquire().is_err()) {
+            None => Either::Left(self.inner.call_ref(item, cx)),
+            Some(limiter) => {
+                Either::Right(self.wait(limiter, || self.inner.call_ref(item, cx), cx))
+            }
+        }
     }
 
     fn is_permanent(&self, error: &S::Error) -> bool {
@@ -274,6 +287,24 @@ impl<S: Stage> Stage for RateLimit<S> {
 
     fn options(&self) -> StageOptions {
         self.inner.options()
+    }
+}
+
+impl<S: Stage> RateLimit<S> {
+    /// Waits for a token (none was free at once), then runs the attempt `make` builds.
+    async fn wait<F>(
+        &self,
+        limiter: &RateLimiter,
+        make: impl FnOnce() -> F,
+        cx: &Context,
+    ) -> F::Output
+    where
+        F: Future,
+    {
+        self.counters.record(Event::RateWait);
+        tracing::trace!(stage = cx.stage(), "waiting for rate limit");
+        limiter.until_ready().await;
+        make().await
     }
 }
 

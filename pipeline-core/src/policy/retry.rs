@@ -187,14 +187,45 @@ impl<S: Stage> Retry<S> {
     /// Dropping the future drops the current attempt (or the wait before the next one).
     pub async fn run(&self, item: S::In, cx: &Context) -> RetryOutcome<S::Output, S::Error> {
         let Some(clone_in) = self.clone_in.filter(|_| self.attempts > 1) else {
-            let result = self.inner.call(item, cx).await;
-            let first_failure = result.is_err().then(Instant::now);
-            return RetryOutcome {
-                result,
-                attempts: 1,
-                first_failure,
-            };
+            return Self::once(self.inner.call(item, cx)).await;
         };
+        // Each attempt works on a clone: the original stays for the next one.
+        self.drive(cx, move |n| self.attempt(clone_in(&item), cx, n))
+            .await
+    }
+
+    /// Like [`run`](Self::run), for a stage that borrows its input
+    /// ([`Stage::BORROWS`]): every attempt borrows `item`, nothing is cloned.
+    pub async fn run_borrowed(&self, item: S::In, cx: &Context) -> RetryOutcome<S::Output, S::Error>
+    where
+        S::In: Clone + Sync,
+    {
+        if self.attempts <= 1 || self.clone_in.is_none() {
+            return Self::once(self.inner.call(item, cx)).await;
+        }
+        let item = &item;
+        self.drive(cx, |n| self.attempt_ref(item, cx, n)).await
+    }
+
+    async fn once(
+        attempt: impl Future<Output = Result<S::Output, S::Error>>,
+    ) -> RetryOutcome<S::Output, S::Error> {
+        let result = attempt.await;
+        let first_failure = result.is_err().then(Instant::now);
+        RetryOutcome {
+            result,
+            attempts: 1,
+            first_failure,
+        }
+    }
+
+    /// The attempt loop: `make(n)` builds attempt `n` (1-based); between failed attempts
+    /// it waits out the backoff, while the error is retryable and the budget can pay.
+    async fn drive<F, Fut>(&self, cx: &Context, mut make: F) -> RetryOutcome<S::Output, S::Error>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<S::Output, S::Error>>,
+    {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
@@ -202,19 +233,7 @@ impl<S: Stage> Retry<S> {
         let mut first_failure = None;
         let mut attempt = 1;
         loop {
-            if attempt >= self.attempts {
-                // The last attempt takes the item itself: no clone.
-                let result = self.attempt(item, cx, attempt).await;
-                if result.is_err() {
-                    first_failure.get_or_insert_with(Instant::now);
-                }
-                return RetryOutcome {
-                    result,
-                    attempts: attempt,
-                    first_failure,
-                };
-            }
-            let result = self.attempt(clone_in(&item), cx, attempt).await;
+            let result = make(attempt).await;
             let Err(error) = &result else {
                 return RetryOutcome {
                     result,
@@ -223,6 +242,13 @@ impl<S: Stage> Retry<S> {
                 };
             };
             first_failure.get_or_insert_with(Instant::now);
+            if attempt >= self.attempts {
+                return RetryOutcome {
+                    result,
+                    attempts: attempt,
+                    first_failure,
+                };
+            }
             let delay = if self.inner.is_permanent(error) {
                 None
             } else {
@@ -258,6 +284,23 @@ impl<S: Stage> Retry<S> {
                 tokio::time::sleep(delay).await;
             }
             attempt += 1;
+        }
+    }
+
+    /// Attempt `n` with a borrowed input.
+    fn attempt_ref<'a>(
+        &'a self,
+        item: &'a S::In,
+        cx: &'a Context,
+        n: u32,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send + 'a
+    where
+        S::In: Clone + Sync,
+    {
+        if n == 1 {
+            Either::Left(self.inner.call_ref(item, cx))
+        } else {
+            Either::Right(async move { self.inner.call_ref(item, &cx.with_attempt(n)).await })
         }
     }
 

@@ -1,6 +1,9 @@
 //! [`Policies`]: the whole fixed stack of policies around one stage.
 
 use std::fmt;
+use std::future::Future;
+
+use futures::future::Either;
 use std::sync::Arc;
 
 use crate::Context;
@@ -161,6 +164,25 @@ impl<S: Stage> Policies<S> {
         cx: &Context,
     ) -> RetryOutcome<S::Output, Failure<S::Error>> {
         self.stack.run(item, cx).await
+    }
+}
+
+impl<S: Stage> Policies<S>
+where
+    S::In: Clone + Sync,
+{
+    /// Like [`run`](Self::run); a stage that borrows its input ([`Stage::BORROWS`]) has
+    /// every attempt borrow the one item, so nothing is cloned for its retries.
+    pub fn run_shared<'a>(
+        &'a self,
+        item: S::In,
+        cx: &'a Context,
+    ) -> impl Future<Output = RetryOutcome<S::Output, Failure<S::Error>>> + Send + 'a {
+        if S::BORROWS {
+            Either::Left(self.stack.run_borrowed(item, cx))
+        } else {
+            Either::Right(self.stack.run(item, cx))
+        }
     }
 }
 

@@ -161,7 +161,23 @@ where
         match self.after {
             // No deadline: the inner call itself, with no extra state.
             None => Either::Left(self.inner.call(item, cx)),
-            Some(after) => Either::Right(self.deadline(item, cx, after)),
+            Some(after) => Either::Right(self.deadline(self.inner.call(item, cx), cx, after)),
+        }
+    }
+
+    const BORROWS: bool = S::BORROWS;
+
+    fn call_ref<'a>(
+        &'a self,
+        item: &'a S::In,
+        cx: &'a Context,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send + 'a
+    where
+        S::In: Clone + Sync,
+    {
+        match self.after {
+            None => Either::Left(self.inner.call_ref(item, cx)),
+            Some(after) => Either::Right(self.deadline(self.inner.call_ref(item, cx), cx, after)),
         }
     }
 
@@ -184,11 +200,11 @@ where
 {
     async fn deadline(
         &self,
-        item: S::In,
+        attempt: impl Future<Output = Result<S::Output, S::Error>>,
         cx: &Context,
         after: Duration,
     ) -> Result<S::Output, S::Error> {
-        let mut attempt = pin!(self.inner.call(item, cx));
+        let mut attempt = pin!(attempt);
         let mut timer = pin!(None::<tokio::time::Sleep>);
         let outcome = poll_fn(|task| {
             if let Poll::Ready(result) = attempt.as_mut().poll(task) {

@@ -44,6 +44,19 @@ where
     > + ::pipeline_core::__private::Send {
         async move { enrich(&item, &self.db, cx).await }
     }
+    const BORROWS: bool = true;
+    fn call_ref<'pipeline_item>(
+        &'pipeline_item self,
+        item: &'pipeline_item Self::In,
+        cx: &'pipeline_item ::pipeline_core::__private::Context,
+    ) -> impl ::pipeline_core::__private::Future<
+        Output = ::pipeline_core::__private::Result<Self::Output, Self::Error>,
+    > + ::pipeline_core::__private::Send + 'pipeline_item
+    where
+        Self::In: ::pipeline_core::__private::Clone + ::pipeline_core::__private::Sync,
+    {
+        async move { enrich(item, &self.db, cx).await }
+    }
     fn is_permanent(&self, error: &Self::Error) -> bool {
         use ::pipeline_core::__private::{AnyKind as _, FaultKind as _};
         (&::pipeline_core::__private::ErrorProbe(error)).permanent()

@@ -27,6 +27,19 @@ where
     > + ::pipeline_core::__private::Send {
         async move { ::pipeline_core::__private::Ok(parse(&item).await) }
     }
+    const BORROWS: bool = true;
+    fn call_ref<'pipeline_item>(
+        &'pipeline_item self,
+        item: &'pipeline_item Self::In,
+        _cx: &'pipeline_item ::pipeline_core::__private::Context,
+    ) -> impl ::pipeline_core::__private::Future<
+        Output = ::pipeline_core::__private::Result<Self::Output, Self::Error>,
+    > + ::pipeline_core::__private::Send + 'pipeline_item
+    where
+        Self::In: ::pipeline_core::__private::Clone + ::pipeline_core::__private::Sync,
+    {
+        async move { ::pipeline_core::__private::Ok(parse(item).await) }
+    }
     fn options(&self) -> ::pipeline_core::__private::StageOptions {
         let mut options = <::pipeline_core::__private::StageOptions as ::pipeline_core::__private::Default>::default();
         options.name = ::pipeline_core::__private::Some(

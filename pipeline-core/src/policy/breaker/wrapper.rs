@@ -162,7 +162,25 @@ where
         match &self.breaker {
             // No breaker: the inner call itself, with no extra state.
             None => Either::Left(self.inner.call(item, cx)),
-            Some(breaker) => Either::Right(self.guarded(breaker, item, cx)),
+            Some(breaker) => Either::Right(self.guarded(breaker, || self.inner.call(item, cx), cx)),
+        }
+    }
+
+    const BORROWS: bool = S::BORROWS;
+
+    fn call_ref<'a>(
+        &'a self,
+        item: &'a S::In,
+        cx: &'a Context,
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send + 'a
+    where
+        S::In: Clone + Sync,
+    {
+        match &self.breaker {
+            None => Either::Left(self.inner.call_ref(item, cx)),
+            Some(breaker) => {
+                Either::Right(self.guarded(breaker, || self.inner.call_ref(item, cx), cx))
+            }
         }
     }
 
@@ -183,12 +201,15 @@ impl<S: Stage> Breaker<S>
 where
     S::Error: From<BreakerOpen>,
 {
-    async fn guarded(
+    async fn guarded<F>(
         &self,
         breaker: &CircuitBreaker,
-        item: S::In,
+        make: impl FnOnce() -> F,
         cx: &Context,
-    ) -> Result<S::Output, S::Error> {
+    ) -> Result<S::Output, S::Error>
+    where
+        F: Future<Output = Result<S::Output, S::Error>>,
+    {
         let permit = match breaker.try_acquire() {
             Ok(permit) => permit,
             Err(open) => match self.mode {
@@ -205,7 +226,7 @@ where
             },
         };
         let start = self.timed.then(Instant::now);
-        let result = self.inner.call(item, cx).await;
+        let result = make().await;
         let elapsed = start.map_or(Duration::ZERO, |start| start.elapsed());
         match &result {
             Ok(_) => permit.success(elapsed),
