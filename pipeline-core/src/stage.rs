@@ -98,6 +98,19 @@ pub trait Stage: Send + Sync + 'static {
         false
     }
 
+    /// Runs once when the stage's task starts, before its first item: open connections,
+    /// warm caches. Default: nothing.
+    fn on_start(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Runs once when the stage's task ends, after its last item (its input closed and
+    /// everything it emitted was sent): flush, close. Not run when the task is aborted by a
+    /// shutdown past its deadline. Default: nothing.
+    fn on_stop(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Called by the supervisor after a call panicked, before the stage is used again:
     /// rebuild per-stage mutable state here. Shared state given at construction survives.
     fn restart(&self) {}
@@ -399,6 +412,14 @@ impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How> {
 
     fn is_permanent(&self, error: &S::Error) -> bool {
         self.stage.is_permanent(error)
+    }
+
+    fn on_start(&self) -> impl Future<Output = ()> + Send {
+        self.stage.on_start()
+    }
+
+    fn on_stop(&self) -> impl Future<Output = ()> + Send {
+        self.stage.on_stop()
     }
 
     fn restart(&self) {

@@ -321,6 +321,14 @@ where
         }
     }
 
+    fn on_start(&self) -> impl Future<Output = ()> + Send {
+        self.stage.on_start()
+    }
+
+    fn on_stop(&self) -> impl Future<Output = ()> + Send {
+        self.stage.on_stop()
+    }
+
     fn restart(&self) {
         self.stage.restart();
     }

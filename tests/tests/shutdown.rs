@@ -205,3 +205,44 @@ async fn stats_and_health_describe_a_running_pipeline() {
         (1_000, 1_000, 0)
     );
 }
+
+/// Records its lifecycle.
+struct Hooked(Arc<Mutex<Vec<String>>>);
+
+impl Stage for Hooked {
+    type In = u64;
+    type Output = u64;
+    type Shape = pipeline_core::Map;
+    type Error = Infallible;
+
+    async fn call(&self, n: u64, _cx: &Context) -> Result<u64, Infallible> {
+        self.0.lock().unwrap().push(format!("call {n}"));
+        Ok(n)
+    }
+
+    async fn on_start(&self) {
+        self.0.lock().unwrap().push("start".into());
+    }
+
+    async fn on_stop(&self) {
+        self.0.lock().unwrap().push("stop".into());
+    }
+}
+
+#[tokio::test]
+async fn stage_hooks_run_once_around_the_items() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (sink, out) = sink::collect::<u64>();
+    Pipeline::builder("hooks")
+        .source(source::iter(0..3u64))
+        .stage(Hooked(Arc::clone(&log)))
+        .sink(sink)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 3);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["start", "call 0", "call 1", "call 2", "stop"]
+    );
+}

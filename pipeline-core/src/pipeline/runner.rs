@@ -517,6 +517,22 @@ where
             panics_seen: 0,
             hint: 1,
         };
+        // The hooks run on the stage itself, not through the policies; a panic in one is
+        // logged and costs no item.
+        let hook = |which: &'static str, payload: Box<dyn std::any::Any + Send>| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(stage = %task.name, hook = which, %message, "stage hook panicked");
+        };
+        if let Err(payload) = AssertUnwindSafe(task.stage.get_ref().on_start())
+            .catch_unwind()
+            .await
+        {
+            hook("on_start", payload);
+        }
         if task.concurrency <= 1 {
             if task.plain {
                 let catch = task.stage.stack().get_ref().get_ref().get_ref().get_ref();
@@ -603,5 +619,11 @@ where
         }
         results.flush().await;
         drop(rx);
+        if let Err(payload) = AssertUnwindSafe(task.stage.get_ref().on_stop())
+            .catch_unwind()
+            .await
+        {
+            hook("on_stop", payload);
+        }
     }
 }
