@@ -3,6 +3,7 @@
 //! and the stage runner; this module only describes.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything a stage can declare about how it runs. `None` means "not declared": the
@@ -117,6 +118,56 @@ pub struct RetryOptions {
     pub jitter: bool,
     /// Retry budget: retries allowed as a share of recent first attempts (e.g. `0.2`).
     pub budget: Option<f64>,
+    /// Your own delays instead of the exponential ones (`backoff`, `max_backoff` and
+    /// `jitter` are then not used).
+    pub schedule: Option<Delays>,
+}
+
+/// Delays between attempts from your own iterator: a fixed list, or a backon builder's.
+/// It is made afresh for each failing item, and the retries stop when it ends.
+///
+/// ```
+/// use std::time::Duration;
+/// use pipeline_core::options::{Delays, RetryOptions};
+///
+/// let mut retry = RetryOptions::new(5);
+/// retry.schedule = Some(Delays::new(|| [Duration::from_millis(10), Duration::from_secs(1)]));
+/// let first: Vec<Duration> = retry.schedule.as_ref().unwrap().make().collect();
+/// assert_eq!(first.len(), 2);
+/// ```
+#[derive(Clone)]
+pub struct Delays(Arc<MakeDelays>);
+
+type MakeDelays = dyn Fn() -> Box<dyn Iterator<Item = Duration> + Send> + Send + Sync;
+
+impl Delays {
+    /// Delays from `make`, called once per failing item.
+    pub fn new<F, I>(make: F) -> Self
+    where
+        F: Fn() -> I + Send + Sync + 'static,
+        I: IntoIterator<Item = Duration>,
+        I::IntoIter: Send + 'static,
+    {
+        Delays(Arc::new(move || Box::new(make().into_iter())))
+    }
+
+    /// A fresh iterator of delays.
+    pub fn make(&self) -> Box<dyn Iterator<Item = Duration> + Send> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Delays {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Delays(..)")
+    }
+}
+
+/// Two schedules are equal when they are the same one.
+impl PartialEq for Delays {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl RetryOptions {
@@ -129,6 +180,7 @@ impl RetryOptions {
             max_backoff: Duration::from_secs(10),
             jitter: true,
             budget: None,
+            schedule: None,
         }
     }
 }

@@ -330,3 +330,27 @@ async fn sink_panics_before_and_after_the_write_are_contained() {
     assert!(written.len() as u64 >= report.delivered);
     assert_eq!(report.count(Outcome::Failed), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_schedule_sets_the_delays_and_ends_the_retries() {
+    let calls: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let log = Arc::clone(&calls);
+    let mut retry = RetryOptions::new(10);
+    retry.schedule = Some(pipeline_core::options::Delays::new(|| {
+        [Duration::from_millis(10), Duration::from_millis(50)]
+    }));
+    let run = testing::run([7u64], move |b| {
+        b.stage(stage::map_fn("down", move |_n: u64| {
+            log.lock().unwrap().push(tokio::time::Instant::now());
+            async { Err::<u64, _>(Down) }
+        }))
+        .retry(retry)
+    })
+    .await;
+    let calls = calls.lock().unwrap();
+    // Two delays: three attempts, although ten were allowed.
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[1] - calls[0], Duration::from_millis(10));
+    assert_eq!(calls[2] - calls[1], Duration::from_millis(50));
+    assert_eq!(run.dead_letters[0].attempts, 3);
+}

@@ -64,8 +64,15 @@ impl Backoff {
 
     /// The schedule [`RetryOptions`] describe: exponential from `backoff`, capped at
     /// `max_backoff`, full jitter if `jitter`.
+    /// A custom [`schedule`](RetryOptions::schedule), if set, is used as given.
     pub fn from_options(opts: &RetryOptions) -> Self {
-        Backoff::exponential(opts.backoff, opts.max_backoff).with_jitter(opts.jitter)
+        match &opts.schedule {
+            Some(delays) => {
+                let delays = delays.clone();
+                Backoff::from_fn(move || delays.make())
+            }
+            None => Backoff::exponential(opts.backoff, opts.max_backoff).with_jitter(opts.jitter),
+        }
     }
 
     /// Any iterable of delays, cloned afresh for each failing item. The schedule ends
