@@ -358,7 +358,8 @@ impl<T: Send + 'static> Builder<T> {
     /// side sets the pace; give the branch's first element a
     /// [`when_full`](Self::when_full) policy to keep it from stalling the rest.
     ///
-    /// An item's outcome is the worst over both sides.
+    /// An item's outcome is the worst over both sides. `.buffer(n)` / `.when_full(p)`
+    /// right after `tee` set the fan-out's own input edge (default 256 items, `Block`).
     pub fn tee(mut self, branch: impl FnOnce(Builder<T>) -> Ready) -> Builder<T>
     where
         T: Clone,
@@ -385,7 +386,8 @@ impl<T: Send + 'static> Builder<T> {
     }
 
     /// Sends the items for which `pred` is true into `branch` (which must end in a sink);
-    /// the rest continue here.
+    /// the rest continue here. `.buffer(n)` / `.when_full(p)` right after `route` set the
+    /// router's input edge (default 256 items, `Block`).
     pub fn route(
         mut self,
         pred: impl Fn(&T) -> bool + Send + 'static,
@@ -394,14 +396,14 @@ impl<T: Send + 'static> Builder<T> {
         let node = self.core.reserve("route", Kind::Router);
         let (core, upstream) = self.upstream();
         let (core, branch_tx) = split_off(core, node, branch);
-        let pending: Pending<T> = Box::new(move |core, _settings, tx| {
+        let pending: Pending<T> = Box::new(move |core, settings, tx| {
             let (rx, counters) = core.element(
                 node,
                 "route",
                 Kind::Router,
                 1,
-                MAX_BATCH,
-                WhenFull::Block,
+                settings.buffer.unwrap_or(MAX_BATCH),
+                settings.when_full.unwrap_or_default(),
                 upstream,
             );
             if let Some(matched) = take_slot(&branch_tx) {
