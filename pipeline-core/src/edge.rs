@@ -17,6 +17,7 @@ use crate::ack::Outcome;
 use crate::dead_letter::DeadLetter;
 use crate::envelope::Batch;
 use crate::options::WhenFull;
+use crate::stats::OVERFLOW_TOTAL;
 
 /// Creates an edge holding at most `capacity` items (at least 1).
 pub(crate) fn edge<T>(name: &str, capacity: usize, when_full: WhenFull) -> (EdgeTx<T>, EdgeRx<T>) {
@@ -78,7 +79,9 @@ impl<T> Shared<T> {
             return;
         }
         self.numbers.dropped.fetch_add(n as u64, Ordering::Relaxed);
-        tracing::debug!(edge = %self.name, items = n, policy = why, "edge full: items dropped");
+        ::metrics::counter!(OVERFLOW_TOTAL, "edge" => self.name.to_string(), "policy" => why)
+            .increment(n as u64);
+        tracing::warn!(edge = %self.name, items = n, policy = why, "edge full: items dropped");
         batch.finish_all(Outcome::Dropped);
     }
 }
@@ -236,7 +239,9 @@ impl<T: Send + 'static> EdgeTx<T> {
     async fn overflow(&self, batch: Batch<T>) {
         match (&self.shared.when_full, &self.overflow) {
             (WhenFull::DeadLetter, Some(dead_letters)) => {
-                tracing::debug!(edge = %self.shared.name, items = batch.len(), "edge full: items dead-lettered");
+                ::metrics::counter!(OVERFLOW_TOTAL, "edge" => self.shared.name.to_string(), "policy" => "dead_letter")
+                    .increment(batch.len() as u64);
+                tracing::warn!(edge = %self.shared.name, items = batch.len(), "edge full: items dead-lettered");
                 self.shared
                     .numbers
                     .dropped

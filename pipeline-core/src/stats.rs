@@ -8,7 +8,8 @@
 //!
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
-//! | `pipeline_items_total` | counter | `pipeline`, `stage`, `event` | items per `event`: `received`, `emitted`, `filtered`, `errored`, `dropped`, `dead_lettered`, `failed` |
+//! | `pipeline_items_total` | counter | `pipeline`, `stage`, `event` | items per `event`: `received`, `emitted`, `filtered`, `errored` (failed after retries), `dead_lettered`, `dropped` (`on_error = drop`) |
+//! | `pipeline_overflow_total` | counter | `edge`, `policy` | items an edge's `WhenFull` policy dropped or dead-lettered |
 //! | `pipeline_outcomes_total` | counter | `pipeline`, `outcome` | source items by final outcome |
 //! | `pipeline_queue_depth` | gauge | `pipeline`, `stage` | items waiting in the stage's input edge |
 //! | `pipeline_in_flight` | gauge | `pipeline`, `stage` | items inside the stage |
@@ -31,6 +32,8 @@ pub const OUTCOMES_TOTAL: &str = "pipeline_outcomes_total";
 pub const QUEUE_DEPTH: &str = "pipeline_queue_depth";
 /// Metric name: items inside a stage.
 pub const IN_FLIGHT: &str = "pipeline_in_flight";
+/// Metric name: items dropped or dead-lettered by an edge's overflow policy.
+pub const OVERFLOW_TOTAL: &str = "pipeline_overflow_total";
 /// Metric name: restarts of a stage after a panic.
 pub const RESTARTS_TOTAL: &str = "pipeline_restarts_total";
 /// Metric name: failed pulls of a source.
@@ -72,6 +75,8 @@ struct Metrics {
     emitted: Counter,
     filtered: Counter,
     errored: Counter,
+    dead_lettered: Counter,
+    dropped: Counter,
     restarts: Counter,
     in_flight: Gauge,
 }
@@ -94,6 +99,8 @@ impl Counters {
                 emitted: labels("emitted"),
                 filtered: labels("filtered"),
                 errored: labels("errored"),
+                dead_lettered: labels("dead_lettered"),
+                dropped: labels("dropped"),
                 restarts: ::metrics::counter!(RESTARTS_TOTAL, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
                 in_flight: ::metrics::gauge!(IN_FLIGHT, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
             },
@@ -130,6 +137,22 @@ impl Counters {
         if n > 0 {
             self.filtered.fetch_add(n as u64, Ordering::Relaxed);
             self.metrics.filtered.increment(n as u64);
+        }
+    }
+
+    /// Items this element sent to the dead-letter sink.
+    #[inline]
+    pub(crate) fn dead_lettered(&self, n: usize) {
+        if n > 0 {
+            self.metrics.dead_lettered.increment(n as u64);
+        }
+    }
+
+    /// Items this element dropped (`on_error = drop`).
+    #[inline]
+    pub(crate) fn dropped(&self, n: usize) {
+        if n > 0 {
+            self.metrics.dropped.increment(n as u64);
         }
     }
 

@@ -156,6 +156,8 @@ struct Tally {
     completed: usize,
     filtered: usize,
     errors: usize,
+    dead_lettered: usize,
+    dropped: usize,
 }
 
 type Outcome_<S> = RetryOutcome<<S as Stage>::Output, Failure<<S as Stage>::Error>>;
@@ -309,6 +311,7 @@ impl<S: Stage> Results<'_, S> {
         let text = chain(error);
         match task.on_error {
             OnError::DeadLetter => {
+                self.tally.dead_lettered += 1;
                 tracing::warn!(stage = %task.name, error = %text, attempts, "item dead-lettered");
                 let mut record = DeadLetter::new(&*task.name, text, attempts);
                 if let Some(first) = first_failure {
@@ -324,6 +327,7 @@ impl<S: Stage> Results<'_, S> {
                 self.dead.push(origin, idx, record, 1);
             }
             OnError::Drop => {
+                self.tally.dropped += 1;
                 tracing::warn!(stage = %task.name, error = %text, "item dropped");
                 origin.finish(idx, Outcome::Dropped);
             }
@@ -368,6 +372,8 @@ impl<S: Stage> Results<'_, S> {
         task.counters.completed(t.completed);
         task.counters.filtered(t.filtered);
         task.counters.errors(t.errors);
+        task.counters.dead_lettered(t.dead_lettered);
+        task.counters.dropped(t.dropped);
         let sent = self.out.flush(&task.tx).await;
         task.counters.emitted(sent);
         self.dead.flush(&task.dead_tx).await;
