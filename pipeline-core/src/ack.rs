@@ -224,17 +224,13 @@ impl Origin {
     }
 
     fn complete(&self) {
-        let outcomes: Vec<Outcome> = self
-            .status
-            .iter()
-            .map(|s| Outcome::from_u8(s.load(Ordering::Acquire)))
-            .collect();
+        let status = |s: &AtomicU8| Outcome::from_u8(s.load(Ordering::Acquire));
         match &self.parent {
             Parent::Root { ledger, ack } => {
                 // Counted locally: at most six atomic adds per source batch.
                 let mut counts = [0u64; 6];
-                for o in &outcomes {
-                    counts[*o as usize] += 1;
+                for s in self.status.iter() {
+                    counts[status(s) as usize] += 1;
                 }
                 for (total, n) in ledger.outcomes.iter().zip(counts) {
                     if n > 0 {
@@ -245,12 +241,14 @@ impl Origin {
                     .lock()
                     .map(|mut a| a.take())
                     .unwrap_or_else(|p| p.into_inner().take());
+                // Only a source that asked for acks pays for the list of outcomes.
                 if let Some(ack) = ack {
+                    let outcomes: Vec<Outcome> = self.status.iter().map(status).collect();
                     (ack.0)(&outcomes);
                 }
             }
             Parent::Derived { links } => {
-                let outcome = outcomes.first().copied().unwrap_or(Outcome::Filtered);
+                let outcome = self.status.first().map_or(Outcome::Filtered, status);
                 for (origin, idx) in links {
                     origin.finish(*idx, outcome);
                 }
