@@ -87,10 +87,11 @@ impl<T> Batch<T> {
     }
 
     /// Hands the items out one by one, in order; see [`Items`].
-    pub(crate) fn into_items(mut self) -> Items<T> {
+    pub(crate) fn into_items<U>(mut self) -> Items<T, U> {
         let items = std::mem::take(&mut self.items).into_iter();
         let idx = std::mem::take(&mut self.idx);
         Items {
+            outputs: Vec::with_capacity(idx.len()),
             items,
             idx,
             next: 0,
@@ -161,17 +162,21 @@ impl<T> Drop for Batch<T> {
     }
 }
 
-/// A batch being taken apart item by item. Items not yet taken when it is dropped (an
-/// aborted task) end `Abandoned`.
+/// A batch being taken apart item by item, with room for one output per item while
+/// every item so far gave exactly one: then the outputs leave as a batch that reuses the
+/// index column ([`into_outputs`](Self::into_outputs)). Dropped unfinished (an aborted
+/// task), every item not yet taken, and every item whose output is still held here, ends
+/// `Abandoned`.
 #[derive(Debug)]
-pub(crate) struct Items<T> {
+pub(crate) struct Items<T, U> {
+    outputs: Vec<U>,
     items: std::vec::IntoIter<T>,
     idx: Vec<u32>,
     next: usize,
     origin: Arc<Origin>,
 }
 
-impl<T> Items<T> {
+impl<T, U> Items<T, U> {
     pub(crate) fn origin(&self) -> &Arc<Origin> {
         &self.origin
     }
@@ -184,16 +189,52 @@ impl<T> Items<T> {
         self.next += 1;
         Some((idx, item))
     }
+
+    /// Keeps the one output of the item taken last, while every item so far had one.
+    #[inline(always)]
+    pub(crate) fn push_output(&mut self, output: U) {
+        self.outputs.push(output);
+    }
+
+    /// The outputs held so far, as a batch of the items before the one taken last: from
+    /// now on the caller settles items one by one.
+    pub(crate) fn take_outputs(&mut self) -> Option<Batch<U>> {
+        if self.outputs.is_empty() {
+            return None;
+        }
+        let outputs = std::mem::take(&mut self.outputs);
+        let idx = self.idx.get(..outputs.len()).unwrap_or_default().to_vec();
+        Some(Batch {
+            items: outputs,
+            idx,
+            origin: Arc::clone(&self.origin),
+        })
+    }
+
+    /// Once every item is taken and each gave one output: the outputs as a batch, reusing
+    /// the index column.
+    pub(crate) fn into_outputs(mut self) -> Batch<U> {
+        let outputs = std::mem::take(&mut self.outputs);
+        let mut idx = std::mem::take(&mut self.idx);
+        idx.truncate(outputs.len());
+        Batch {
+            items: outputs,
+            idx,
+            origin: Arc::clone(&self.origin),
+        }
+    }
 }
 
-impl<T> Drop for Items<T> {
+impl<T, U> Drop for Items<T, U> {
     fn drop(&mut self) {
-        let rest = self.idx.get(self.next..).unwrap_or_default();
-        if !rest.is_empty() {
-            for &i in rest {
+        let held = self.idx.get(..self.outputs.len()).unwrap_or_default();
+        let untaken = self.idx.get(self.next..).unwrap_or_default();
+        let n = held.len() + untaken.len();
+        if n > 0 {
+            for &i in held.iter().chain(untaken) {
                 self.origin.mark(i, Outcome::Abandoned);
             }
-            self.origin.release(rest.len());
+            self.origin.release(n);
         }
     }
 }

@@ -246,3 +246,35 @@ async fn stage_hooks_run_once_around_the_items() {
         ["start", "call 0", "call 1", "call 2", "stop"]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_mid_batch_abandons_outputs_a_stage_still_holds() {
+    let (acked, nacked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (sink, out) = sink::collect::<u64>();
+    let handle = Pipeline::builder("held")
+        .source(Endless {
+            next: 0,
+            acked: Arc::clone(&acked),
+            nacked: Arc::clone(&nacked),
+        })
+        // One call at a time; every fifth item hangs while the outputs of the items
+        // before it in the same batch are held by the stage.
+        .stage(stage::map_fn("hang", |n: u64| async move {
+            if n % 5 == 4 {
+                tokio::time::sleep(Duration::from_secs(3_600)).await;
+            }
+            Ok::<_, Infallible>(n)
+        }))
+        .sink(sink)
+        .spawn();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = handle
+        .shutdown_within(Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(report.is_balanced(), "{report}");
+    assert!(report.abandoned >= 4, "{report}");
+    assert_eq!(out.len() as u64, report.delivered);
+    assert_eq!(acked.load(Ordering::SeqCst), report.delivered);
+    assert_eq!(nacked.load(Ordering::SeqCst), report.abandoned);
+}

@@ -17,7 +17,7 @@ use crate::ack::{Origin, Outcome};
 use crate::context::Context;
 use crate::dead_letter::DeadLetter;
 use crate::edge::{EdgeRx, EdgeTx};
-use crate::envelope::Batch;
+use crate::envelope::{Batch, Items};
 use crate::error::chain;
 use crate::options::{OnError, RestartOptions};
 use crate::policy::{Failure, Policies, RetryOutcome};
@@ -54,6 +54,14 @@ impl<T: Send + 'static> Outbox<T> {
             }
         }
         self.items += 1;
+    }
+
+    /// Queues a whole batch.
+    pub(crate) fn push_batch(&mut self, batch: Batch<T>) {
+        if !batch.is_empty() {
+            self.items += batch.len();
+            self.ready.push(batch);
+        }
     }
 
     /// Sends everything; returns how many items went out.
@@ -268,6 +276,63 @@ impl<S: Stage> Results<'_, S> {
         }
     }
 
+    /// Settles the call of the item of `batch` taken last: its output stays in the batch
+    /// while `direct` (every item so far gave exactly one), else goes through
+    /// [`settle_parts`](Self::settle_parts) after the outputs held so far left.
+    #[inline(always)]
+    fn settle_batched(
+        &mut self,
+        batch: &mut Items<S::In, Emitted<S>>,
+        direct: &mut bool,
+        origin: &Arc<Origin>,
+        idx: u32,
+        kept: Option<S::In>,
+        outcome: Outcome_<S>,
+    ) -> Option<Children<S>> {
+        if *direct {
+            let RetryOutcome {
+                result,
+                attempts,
+                first_failure,
+            } = outcome;
+            match result {
+                Ok(output) => {
+                    let mut items = <S::Shape as Shape<S::Output>>::items(output);
+                    // Not a flat-map: one output at most.
+                    if let Some(first) = items.next() {
+                        self.tally.completed += 1;
+                        batch.push_output(first);
+                        return None;
+                    }
+                    self.leave_direct(batch, direct);
+                    self.tally.completed += 1;
+                    self.tally.filtered += 1;
+                    origin.finish(idx, Outcome::Filtered);
+                    return None;
+                }
+                Err(error) => {
+                    self.leave_direct(batch, direct);
+                    let outcome = RetryOutcome {
+                        result: Err(error),
+                        attempts,
+                        first_failure,
+                    };
+                    return self.settle_parts(origin, idx, kept, outcome);
+                }
+            }
+        }
+        self.settle_parts(origin, idx, kept, outcome)
+    }
+
+    /// The outputs held in the batch leave for the outbox; items are settled one by one
+    /// from now on.
+    fn leave_direct(&mut self, batch: &mut Items<S::In, Emitted<S>>, direct: &mut bool) {
+        *direct = false;
+        if let Some(held) = batch.take_outputs() {
+            self.out.push_batch(held);
+        }
+    }
+
     /// Emits the remaining children of a flat-map output, sending full batches as it goes.
     async fn push_children(&mut self, (origin, idx, items): Children<S>) {
         for child in items {
@@ -424,8 +489,11 @@ where
         while let Some(batch) = rx.recv().await {
             self.counters.received(batch.len());
             results.hint = batch.len();
-            let mut batch = batch.into_items();
+            let mut batch = batch.into_items::<Emitted<S>>();
             let origin = Arc::clone(batch.origin());
+            // While every call gives exactly one output, the outputs are kept in the batch
+            // and leave with its index column: no per-item bookkeeping.
+            let mut direct = !<S::Shape as Shape<S::Output>>::MANY;
             // The item whose call is in `slot`; ends `Abandoned` if the task is aborted.
             let mut current = Current {
                 origin: &origin,
@@ -445,9 +513,14 @@ where
                             slot.set(None);
                             current.busy = false;
                             let kept = current.kept.take();
-                            if let Some(children) =
-                                results.settle_parts(&origin, current.idx, kept, outcome)
-                            {
+                            if let Some(children) = results.settle_batched(
+                                &mut batch,
+                                &mut direct,
+                                &origin,
+                                current.idx,
+                                kept,
+                                outcome,
+                            ) {
                                 return Poll::Ready(Step::Children(children));
                             }
                             if results.panicked() {
@@ -468,9 +541,14 @@ where
                             }
                             Err(payload) => {
                                 let outcome = panicked::<S>(catch.caught(&*payload, cx));
-                                if let Some(children) =
-                                    results.settle_parts(&origin, idx, kept, outcome)
-                                {
+                                if let Some(children) = results.settle_batched(
+                                    &mut batch,
+                                    &mut direct,
+                                    &origin,
+                                    idx,
+                                    kept,
+                                    outcome,
+                                ) {
                                     return Poll::Ready(Step::Children(children));
                                 }
                                 if results.panicked() {
@@ -488,6 +566,9 @@ where
                 }
             }
             drop(current);
+            if direct {
+                results.out.push_batch(batch.into_outputs());
+            }
             results.flush().await;
         }
     }
