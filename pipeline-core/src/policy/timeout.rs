@@ -161,7 +161,7 @@ where
         match self.after {
             // No deadline: the inner call itself, with no extra state.
             None => Either::Left(self.inner.call(item, cx)),
-            Some(after) => Either::Right(self.deadline(self.inner.call(item, cx), cx, after)),
+            Some(after) => Either::Right(self.deadline(|| self.inner.call(item, cx), cx, after)),
         }
     }
 
@@ -177,7 +177,9 @@ where
     {
         match self.after {
             None => Either::Left(self.inner.call_ref(item, cx)),
-            Some(after) => Either::Right(self.deadline(self.inner.call_ref(item, cx), cx, after)),
+            Some(after) => {
+                Either::Right(self.deadline(|| self.inner.call_ref(item, cx), cx, after))
+            }
         }
     }
 
@@ -198,13 +200,17 @@ impl<S: Stage> Timeout<S>
 where
     S::Error: From<Elapsed>,
 {
-    async fn deadline(
+    async fn deadline<F>(
         &self,
-        attempt: impl Future<Output = Result<S::Output, S::Error>>,
+        make: impl FnOnce() -> F,
         cx: &Context,
         after: Duration,
-    ) -> Result<S::Output, S::Error> {
-        let mut attempt = pin!(attempt);
+    ) -> Result<S::Output, S::Error>
+    where
+        F: Future<Output = Result<S::Output, S::Error>>,
+    {
+        // Built here, not passed in: the attempt lives in this future's state only once.
+        let mut attempt = pin!(make());
         let mut timer = pin!(None::<tokio::time::Sleep>);
         let outcome = poll_fn(|task| {
             if let Poll::Ready(result) = attempt.as_mut().poll(task) {
