@@ -2,10 +2,12 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt as _;
+use futures::future::Either;
 
 use crate::Context;
 use crate::Stage;
@@ -137,24 +139,27 @@ impl<S> CatchPanic<S> {
     }
 
     /// Runs the attempt `make` builds, turning a panic (while building or polling) into
-    /// a [`Panicked`] error.
-    async fn guard<F>(
+    /// a [`Panicked`] error. Combinators, not an `async fn`, so the attempt is stored once.
+    fn guard<F>(
         &self,
         make: impl FnOnce() -> F,
         cx: &Context,
-    ) -> Result<S::Output, Failure<S::Error>>
+    ) -> impl Future<Output = Result<S::Output, Failure<S::Error>>>
     where
         S: Stage,
         F: Future<Output = Result<S::Output, S::Error>>,
     {
         // A hand-written `call` may panic before returning its future: guard that too.
-        let attempt = match std::panic::catch_unwind(AssertUnwindSafe(make)) {
-            Ok(attempt) => attempt,
-            Err(payload) => return Err(self.caught(&*payload, cx).into()),
-        };
-        match AssertUnwindSafe(attempt).catch_unwind().await {
-            Ok(result) => result.map_err(Failure::Call),
-            Err(payload) => Err(self.caught(&*payload, cx).into()),
+        match std::panic::catch_unwind(AssertUnwindSafe(make)) {
+            Ok(attempt) => Either::Left(AssertUnwindSafe(attempt).catch_unwind().map(
+                move |caught| match caught {
+                    Ok(result) => result.map_err(Failure::Call),
+                    Err(payload) => Err(self.caught(&*payload, cx).into()),
+                },
+            )),
+            Err(payload) => {
+                Either::Right(std::future::ready(Err(self.caught(&*payload, cx).into())))
+            }
         }
     }
 
@@ -182,19 +187,23 @@ impl<S: Stage> Stage for CatchPanic<S> {
 
     const BORROWS: bool = S::BORROWS;
 
-    async fn call(&self, item: S::In, cx: &Context) -> Result<S::Output, Failure<S::Error>> {
-        self.guard(|| self.inner.call(item, cx), cx).await
+    fn call(
+        &self,
+        item: S::In,
+        cx: &Context,
+    ) -> impl Future<Output = Result<S::Output, Failure<S::Error>>> + Send {
+        self.guard(move || self.inner.call(item, cx), cx)
     }
 
-    async fn call_ref<'a>(
+    fn call_ref<'a>(
         &'a self,
         item: &'a S::In,
         cx: &'a Context,
-    ) -> Result<S::Output, Failure<S::Error>>
+    ) -> impl Future<Output = Result<S::Output, Failure<S::Error>>> + Send + 'a
     where
         S::In: Clone + Sync,
     {
-        self.guard(|| self.inner.call_ref(item, cx), cx).await
+        self.guard(move || self.inner.call_ref(item, cx), cx)
     }
 
     /// The stage's own verdict for its errors; [`Failure::BreakerOpen`] (fail-fast) is

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 
+use futures::FutureExt;
 use futures::future::Either;
 use std::sync::Arc;
 
@@ -185,13 +186,18 @@ impl<S: Stage> Retry<S> {
     /// # Cancel safety
     ///
     /// Dropping the future drops the current attempt (or the wait before the next one).
-    pub async fn run(&self, item: S::In, cx: &Context) -> RetryOutcome<S::Output, S::Error> {
-        let Some(clone_in) = self.clone_in.filter(|_| self.attempts > 1) else {
-            return Self::once(self.inner.call(item, cx)).await;
-        };
-        // Each attempt works on a clone: the original stays for the next one.
-        self.drive(cx, move |n| self.attempt(clone_in(&item), cx, n))
-            .await
+    pub fn run<'a>(
+        &'a self,
+        item: S::In,
+        cx: &'a Context,
+    ) -> impl Future<Output = RetryOutcome<S::Output, S::Error>> + Send + 'a {
+        match self.clone_in.filter(|_| self.attempts > 1) {
+            None => Either::Left(Self::once(self.inner.call(item, cx))),
+            // Each attempt works on a clone: the original stays for the next one.
+            Some(clone_in) => {
+                Either::Right(self.drive(cx, move |n| self.attempt(clone_in(&item), cx, n)))
+            }
+        }
     }
 
     /// Like [`run`](Self::run), for a stage that borrows its input
@@ -207,16 +213,20 @@ impl<S: Stage> Retry<S> {
         self.drive(cx, |n| self.attempt_ref(item, cx, n)).await
     }
 
-    async fn once(
-        attempt: impl Future<Output = Result<S::Output, S::Error>>,
-    ) -> RetryOutcome<S::Output, S::Error> {
-        let result = attempt.await;
-        let first_failure = result.is_err().then(Instant::now);
-        RetryOutcome {
-            result,
-            attempts: 1,
-            first_failure,
-        }
+    /// A single attempt, reported as such. A combinator, not an `async fn`: a future passed
+    /// to an `async fn` would be stored twice in its state (the argument and the awaitee).
+    fn once<F>(attempt: F) -> impl Future<Output = RetryOutcome<S::Output, S::Error>>
+    where
+        F: Future<Output = Result<S::Output, S::Error>>,
+    {
+        attempt.map(|result| {
+            let first_failure = result.is_err().then(Instant::now);
+            RetryOutcome {
+                result,
+                attempts: 1,
+                first_failure,
+            }
+        })
     }
 
     /// The attempt loop: `make(n)` builds attempt `n` (1-based); between failed attempts
