@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::pin;
 
 use futures::FutureExt;
 use futures::future::Either;
@@ -243,7 +244,8 @@ impl<S: Stage> Retry<S> {
         let mut first_failure = None;
         let mut attempt = 1;
         loop {
-            let result = make(attempt).await;
+            // Pinned where it is built: awaiting the returned value would copy it first.
+            let result = pin!(make(attempt)).await;
             let Err(error) = &result else {
                 return RetryOutcome {
                     result,
@@ -291,7 +293,8 @@ impl<S: Stage> Retry<S> {
                 "retrying"
             );
             if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+                // Boxed: a retry is rare, and a timer inline would enlarge every item's future.
+                Box::pin(tokio::time::sleep(delay)).await;
             }
             attempt += 1;
         }

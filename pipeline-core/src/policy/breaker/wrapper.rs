@@ -1,6 +1,7 @@
 //! [`Breaker`]: a stage behind a [`CircuitBreaker`].
 
 use std::fmt;
+use std::pin::pin;
 
 use futures::future::Either;
 use std::sync::Arc;
@@ -221,12 +222,14 @@ where
                 BreakerMode::Wait => {
                     self.counters.record(Event::BreakerWait);
                     tracing::debug!(stage = cx.stage(), "breaker open: waiting for a permit");
-                    breaker.acquire().await
+                    // Boxed: a rare wait must not enlarge every call's future.
+                    Box::pin(breaker.acquire()).await
                 }
             },
         };
         let start = self.timed.then(Instant::now);
-        let result = make().await;
+        // Pinned where it is built: awaiting the returned value would copy it first.
+        let result = pin!(make()).await;
         let elapsed = start.map_or(Duration::ZERO, |start| start.elapsed());
         match &result {
             Ok(_) => permit.success(elapsed),
