@@ -187,18 +187,13 @@ impl<S: Stage> Retry<S> {
     /// # Cancel safety
     ///
     /// Dropping the future drops the current attempt (or the wait before the next one).
-    pub fn run<'a>(
-        &'a self,
-        item: S::In,
-        cx: &'a Context,
-    ) -> impl Future<Output = RetryOutcome<S::Output, S::Error>> + Send + 'a {
-        match self.clone_in.filter(|_| self.attempts > 1) {
-            None => Either::Left(Self::once(self.inner.call(item, cx))),
-            // Each attempt works on a clone: the original stays for the next one.
-            Some(clone_in) => {
-                Either::Right(self.drive(cx, move |n| self.attempt(clone_in(&item), cx, n)))
-            }
-        }
+    pub async fn run(&self, item: S::In, cx: &Context) -> RetryOutcome<S::Output, S::Error> {
+        let Some(clone_in) = self.clone_in.filter(|_| self.attempts > 1) else {
+            return Self::once(self.inner.call(item, cx)).await;
+        };
+        // Each attempt works on a clone: the original stays for the next one.
+        self.drive(cx, move |n| self.attempt(clone_in(&item), cx, n))
+            .await
     }
 
     /// Like [`run`](Self::run), for a stage that borrows its input

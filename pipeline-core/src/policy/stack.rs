@@ -1,9 +1,7 @@
 //! [`Policies`]: the whole fixed stack of policies around one stage.
 
 use std::fmt;
-use std::future::Future;
 
-use futures::future::Either;
 use std::sync::Arc;
 
 use crate::Context;
@@ -173,15 +171,15 @@ where
 {
     /// Like [`run`](Self::run); a stage that borrows its input ([`Stage::BORROWS`]) has
     /// every attempt borrow the one item, so nothing is cloned for its retries.
-    pub fn run_shared<'a>(
-        &'a self,
+    pub async fn run_shared(
+        &self,
         item: S::In,
-        cx: &'a Context,
-    ) -> impl Future<Output = RetryOutcome<S::Output, Failure<S::Error>>> + Send + 'a {
+        cx: &Context,
+    ) -> RetryOutcome<S::Output, Failure<S::Error>> {
         if S::BORROWS {
-            Either::Left(self.stack.run_borrowed(item, cx))
+            self.stack.run_borrowed(item, cx).await
         } else {
-            Either::Right(self.stack.run(item, cx))
+            self.stack.run(item, cx).await
         }
     }
 }
