@@ -1,11 +1,11 @@
 //! Delivery tracking: the [`Outcome`] of every item and the per-source-batch records that
 //! tell a source when all of an item's descendants are finished.
 //!
-//! One [`Origin`] record is shared by every item of one source batch (never one
+//! One `Origin` record is shared by every item of one source batch (never one
 //! allocation per item, which costs 25x, see BENCHMARKS.md). It holds a count of unfinished
 //! items — flat-map children and fan-out copies add to it — and the worst status seen per
 //! source item. When the count reaches zero the record is final: the pipeline's
-//! [`Ledger`] counts each source item once, and the source's [`Ack`] runs with the statuses.
+//! ledger counts each source item once, and the source's [`Ack`] runs with the statuses.
 
 use std::fmt;
 use std::sync::Arc;

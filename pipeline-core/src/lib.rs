@@ -55,7 +55,7 @@
 //!
 //! | module | concept |
 //! |---|---|
-//! | [`stage`] | the [`Stage`] trait and closure stages |
+//! | [`stage`](mod@stage) | the [`Stage`] trait and closure stages |
 //! | [`source`], [`sink`] | where items come from and go |
 //! | [`options`] | what a stage declares: concurrency, buffer, overflow, policies |
 //! | [`pipeline`] | builder, handle, report |

@@ -1,5 +1,5 @@
 //! Plain-data settings a stage declares for itself ([`StageOptions`]) and the builder
-//! overrides. The mechanisms that act on them live in [`crate::policy`], [`crate::edge`]
+//! overrides. The mechanisms that act on them live in [`crate::policy`], the edges
 //! and the stage runner; this module only describes.
 
 use std::borrow::Cow;

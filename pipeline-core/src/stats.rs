@@ -1,4 +1,4 @@
-//! Live counters per pipeline element, their snapshot ([`Stats`]), and the metric names
+//! Live counters per pipeline element, their snapshot ([`Stats`](crate::Stats)), and the metric names
 //! they are exported under through the `metrics` facade.
 //!
 //! Counters are bumped once per batch, never per item (BENCHMARKS.md: per-batch counters

@@ -204,7 +204,7 @@ impl PipelineBuilder {
         Builder::new(self.core, source_link(node, source))
     }
 
-    /// Reads items sent through an [`Ingest`] handle, which
+    /// Reads items sent through an [`Ingest`](crate::source::Ingest) handle, which
     /// [`PipelineHandle::ingest`](crate::PipelineHandle::ingest) hands out once spawned.
     /// The source ends when every handle is dropped (the pipeline's own included: it
     /// goes with the `PipelineHandle`) or at shutdown.
