@@ -62,7 +62,9 @@ mod valid;
 ///
 /// - by value, `order: Order`: `Stage::In` is `Order`;
 /// - by reference, `order: &Order`: `Stage::In` is still `Order`, and the function borrows
-///   the item the framework keeps (for retries and dead letters, with no copy). `&str` and
+///   the item the framework keeps: the stage sets `Stage::BORROWS` and implements
+///   `Stage::call_ref`, so every retry borrows the same item and nothing is cloned (a
+///   `blocking` fn is the exception: its input moves to another thread). `&str` and
 ///   `&[T]` make `In` a `String` and a `Vec<T>`.
 ///
 /// The input must be owned data (`Send + 'static`): no borrowed lifetimes inside.
