@@ -125,6 +125,14 @@ pub trait Stage: Send + Sync + 'static {
 /// Renders a stage input for its dead letter; see [`Stage::DEAD_LETTER_ITEM`].
 pub type ShowFn<T> = fn(&T) -> Option<serde_json::Value>;
 
+/// A stage's default name: its type's name without module path or generics
+/// (`my_app::Enrich<Db>` -> `Enrich`).
+pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let head = full.split('<').next().unwrap_or(full);
+    head.rsplit("::").next().unwrap_or(head)
+}
+
 /// The item type a stage emits downstream.
 pub type Emitted<S> = <<S as Stage>::Shape as Shape<<S as Stage>::Output>>::Item;
 
@@ -182,6 +190,16 @@ where
     #[inline]
     fn items(output: I) -> Self::Iter {
         output.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_type_names() {
+        struct Local;
+        assert_eq!(super::short_type_name::<Local>(), "Local");
+        assert_eq!(super::short_type_name::<Vec<u8>>(), "Vec");
     }
 }
 

@@ -122,8 +122,13 @@ impl Sink for Slow {
     }
 }
 
+/// The tests here install thread-local recorders and subscribers; run one at a time so
+/// tracing's global callsite interest is never computed while another test races it.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn every_loss_and_policy_event_is_counted_and_traced() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if !info.to_string().contains("injected") {
@@ -217,5 +222,49 @@ fn every_loss_and_policy_event_is_counted_and_traced() {
     assert_eq!(
         metrics.total("pipeline_outcomes_total", "outcome=delivered"),
         report.delivered
+    );
+}
+
+/// A hand-written stage without a declared name: it is named after its type.
+struct Sleepy;
+
+impl Stage for Sleepy {
+    type In = u64;
+    type Output = u64;
+    type Shape = Map;
+    type Error = std::convert::Infallible;
+
+    async fn call(&self, n: u64, _cx: &Context) -> Result<u64, std::convert::Infallible> {
+        if n == 0 {
+            std::future::pending::<()>().await;
+        }
+        Ok(n)
+    }
+}
+
+#[test]
+fn policy_metrics_carry_the_stage_name_the_report_shows() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let metrics = Metrics::default();
+    let recorder = metrics.clone();
+    let report = metrics::with_local_recorder(&recorder, || {
+        pipeline_core::testing::paused_runtime().block_on(async {
+            let (sink, _) = sink::collect::<u64>();
+            Pipeline::builder("named")
+                .source(source::iter(0..3u64))
+                .stage(Sleepy)
+                .timeout(Duration::from_millis(5))
+                .sink(sink)
+                .run()
+                .await
+                .unwrap()
+        })
+    });
+    let row = report.stages.iter().find(|s| s.timeouts > 0).unwrap();
+    assert_eq!(row.name, "Sleepy");
+    assert_eq!(metrics.total("pipeline_timeouts_total", "stage=Sleepy"), 1);
+    assert_eq!(
+        metrics.total("pipeline_items_total", "stage=Sleepy,event=received"),
+        3
     );
 }

@@ -91,3 +91,41 @@ async fn a_slow_dropping_branch_does_not_stall_the_main_path() {
     );
     assert!(report.is_balanced());
 }
+
+#[tokio::test(start_paused = true)]
+async fn settings_after_tee_shape_the_fan_out_edge() {
+    let (a, _) = sink::collect::<u64>();
+    let (b, _) = sink::collect::<u64>();
+    let pipeline = Pipeline::builder("tee-edge")
+        .source(source::iter(0..10u64))
+        .tee(|t| t.sink(a))
+        .buffer(4)
+        .when_full(WhenFull::DropOldest)
+        .sink(b)
+        .build();
+    let graph = pipeline.graph();
+    let tee = graph.nodes().iter().find(|n| n.name == "tee").unwrap().id;
+    let into_tee = graph.edges().iter().find(|e| e.to == tee).unwrap();
+    assert_eq!(
+        (into_tee.capacity, into_tee.when_full.as_str()),
+        (4, "drop_oldest")
+    );
+    assert!(pipeline.run().await.unwrap().is_balanced());
+
+    let (a, _) = sink::collect::<u64>();
+    let (b, _) = sink::collect::<u64>();
+    let pipeline = Pipeline::builder("route-edge")
+        .source(source::iter(0..10u64))
+        .route(|n| n % 2 == 0, |t| t.sink(a))
+        .buffer(8)
+        .when_full(WhenFull::DropNewest)
+        .sink(b)
+        .build();
+    let graph = pipeline.graph();
+    let route = graph.nodes().iter().find(|n| n.name == "route").unwrap().id;
+    let into_route = graph.edges().iter().find(|e| e.to == route).unwrap();
+    assert_eq!(
+        (into_route.capacity, into_route.when_full.as_str()),
+        (8, "drop_newest")
+    );
+}

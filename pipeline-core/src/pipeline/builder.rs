@@ -284,11 +284,13 @@ impl<T: Send + 'static> Builder<T> {
         let node = self.core.reserve("stage", Kind::Stage);
         let (core, upstream) = self.upstream();
         let pending: Pending<Emitted<S>> = Box::new(move |core, settings, tx| {
-            let opts = settings.or(stage.options());
+            let mut opts = settings.or(stage.options());
             let name: Arc<str> = match &opts.name {
                 Some(n) => Arc::from(&**n),
-                None => Arc::from(short_type_name::<S>()),
+                None => Arc::from(crate::stage::short_type_name::<S>()),
             };
+            // One name for the stage's rows, spans and every metric label, policies' too.
+            opts.name = Some(name.to_string().into());
             let concurrency = opts.concurrency.unwrap_or(1).max(1);
             let (rx, counters) = core.element(
                 node,
@@ -304,13 +306,8 @@ impl<T: Send + 'static> Builder<T> {
                 row.policy = Some(Arc::clone(stage.counters()));
                 row.breaker = stage.breaker().cloned();
             }
-            let plain = opts.timeout.is_none()
-                && opts.retry.is_none()
-                && opts.breaker.is_none()
-                && opts.rate.is_none();
             let task = StageTask {
                 stage,
-                plain,
                 restart: opts.restart,
                 name: Arc::clone(&name),
                 tx,
@@ -367,14 +364,14 @@ impl<T: Send + 'static> Builder<T> {
         let node = self.core.reserve("tee", Kind::Router);
         let (core, upstream) = self.upstream();
         let (core, branch_tx) = split_off(core, node, branch);
-        let pending: Pending<T> = Box::new(move |core, _settings, tx| {
+        let pending: Pending<T> = Box::new(move |core, settings, tx| {
             let (rx, counters) = core.element(
                 node,
                 "tee",
                 Kind::Router,
                 1,
-                MAX_BATCH,
-                WhenFull::Block,
+                settings.buffer.unwrap_or(MAX_BATCH),
+                settings.when_full.unwrap_or_default(),
                 upstream,
             );
             let outputs: Vec<EdgeTx<T>> = take_slot(&branch_tx).into_iter().chain([tx]).collect();
@@ -628,12 +625,6 @@ fn split_off<T: Send + 'static>(
     } = ready;
     finish(&mut core, settings);
     (core, slot)
-}
-
-fn short_type_name<S>() -> String {
-    let full = std::any::type_name::<S>();
-    let base = full.split('<').next().unwrap_or(full);
-    base.rsplit("::").next().unwrap_or(base).to_owned()
 }
 
 /// A pipeline with a sink: set the dead-letter sink, then [`run`](Self::run),

@@ -145,8 +145,6 @@ impl<F: Future> Stream for InFlight<F> {
 /// Everything a stage task owns.
 pub(crate) struct StageTask<S: Stage> {
     pub(crate) stage: Policies<S>,
-    /// No timeout, retry, breaker or rate limit: call the stage under panic capture only.
-    pub(crate) plain: bool,
     pub(crate) restart: Option<RestartOptions>,
     pub(crate) name: Arc<str>,
     pub(crate) tx: EdgeTx<Emitted<S>>,
@@ -484,7 +482,7 @@ where
         Fut: Future,
         Fut::Output: IntoOutcome<S>,
     {
-        let catch = self.stage.stack().get_ref().get_ref().get_ref().get_ref();
+        let catch = self.stage.catch_panic();
         let mut slot = pin!(None::<Fut>);
         while let Some(batch) = rx.recv().await {
             self.counters.received(batch.len());
@@ -580,8 +578,8 @@ where
         item: S::In,
         cx: &'a Context,
     ) -> impl Future<Output = Outcome_<S>> + Send + 'a {
-        if self.plain {
-            let catch = self.stage.stack().get_ref().get_ref().get_ref().get_ref();
+        if self.stage.is_plain() {
+            let catch = self.stage.catch_panic();
             Either::Left(catch.call(item, cx).map(|result| RetryOutcome {
                 result,
                 attempts: 1,
@@ -607,12 +605,8 @@ where
         // The hooks run on the stage itself, not through the policies; a panic in one is
         // logged and costs no item.
         let hook = |which: &'static str, payload: Box<dyn std::any::Any + Send>| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(stage = %task.name, hook = which, %message, "stage hook panicked");
+            let panic = crate::policy::Panicked::from_payload(&*payload);
+            tracing::error!(stage = %task.name, hook = which, message = panic.message(), "stage hook panicked");
         };
         if let Err(payload) = AssertUnwindSafe(task.stage.get_ref().on_start())
             .catch_unwind()
@@ -621,8 +615,8 @@ where
             hook("on_start", payload);
         }
         if task.concurrency <= 1 {
-            if task.plain {
-                let catch = task.stage.stack().get_ref().get_ref().get_ref().get_ref();
+            if task.stage.is_plain() {
+                let catch = task.stage.catch_panic();
                 let make = |item| catch.get_ref().call(item, &cx);
                 task.one_at_a_time(&mut rx, &mut results, &cx, make).await;
             } else {

@@ -1,7 +1,6 @@
 //! The tasks around the stages: sources, sinks, fan-out, routing, partitioning and
 //! batching. Each takes batches from edges and gives every item exactly one way out.
 
-use std::any::Any;
 use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 
@@ -16,6 +15,7 @@ use crate::dead_letter::DeadLetter;
 use crate::edge::{EdgeRx, EdgeTx};
 use crate::envelope::Batch;
 use crate::error::{Message, chain};
+use crate::policy::Panicked;
 use crate::sink::{Sink, WriteError};
 use crate::source::Source;
 use crate::stats::{Counters, SOURCE_ERRORS_TOTAL};
@@ -103,7 +103,7 @@ pub(crate) async fn sink<K: Sink>(
         let written = written.unwrap_or_else(|payload| {
             Err(WriteError::all(Message(format!(
                 "sink panicked: {}",
-                panic_message(&*payload)
+                Panicked::from_payload(&*payload).message()
             ))))
         });
         match written {
@@ -141,14 +141,6 @@ pub(crate) async fn sink<K: Sink>(
         tracing::error!(sink = %counters.name, error = %chain(&*error), "flush failed");
         counters.errors(1);
     }
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a non-string panic payload")
 }
 
 /// Copies every item to each output (fan-out). Each output has its own edge and policy.

@@ -101,7 +101,7 @@ impl Counters {
     pub(crate) fn for_stage<S: Stage>(stage: &S) -> Arc<Self> {
         let name = match stage.options().name {
             Some(name) => name.into_owned(),
-            None => short_type_name::<S>().to_owned(),
+            None => crate::stage::short_type_name::<S>().to_owned(),
         };
         Arc::new(Counters::new(name))
     }
@@ -205,16 +205,6 @@ impl fmt::Debug for Counters {
     }
 }
 
-/// `a::b::Parse<c::D>` -> `Parse<c::D>`: enough to tell stages apart in metrics.
-fn short_type_name<T>() -> &'static str {
-    let full = std::any::type_name::<T>();
-    let head = full.split('<').next().unwrap_or(full);
-    match head.rfind("::") {
-        Some(i) => &full[i + 2..],
-        None => full,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,12 +220,5 @@ mod tests {
         assert_eq!(snap.panics, 1);
         assert_eq!(snap.timeouts, 0);
         assert_eq!(snap.rate_waits, 0);
-    }
-
-    #[test]
-    fn short_type_names() {
-        struct Local;
-        assert_eq!(short_type_name::<Local>(), "Local");
-        assert_eq!(short_type_name::<Vec<u8>>(), "Vec<u8>");
     }
 }

@@ -72,6 +72,8 @@ pub type Stack<S> = Retry<Breaker<RateLimit<Timeout<CatchPanic<S>>>>>;
 pub struct Policies<S: Stage> {
     stack: Stack<S>,
     counters: Arc<Counters>,
+    /// No layer but the panic capture does anything.
+    plain: bool,
 }
 
 /// Wraps `stage` in the policies `opts` declare ([`Policies::new`]).
@@ -125,7 +127,26 @@ impl<S: Stage> Policies<S> {
             None => Breaker::optional(limited, None),
         };
         let stack = retry(guarded, opts).with_counters(shared());
-        Policies { stack, counters }
+        let plain = opts.timeout.is_none()
+            && opts.rate.is_none()
+            && opts.breaker.is_none()
+            && opts.retry.as_ref().is_none_or(|r| r.attempts <= 1);
+        Policies {
+            stack,
+            counters,
+            plain,
+        }
+    }
+
+    /// Whether no policy but the panic capture is configured: then a caller may call
+    /// [`catch_panic`](Self::catch_panic) directly and skip the other layers.
+    pub fn is_plain(&self) -> bool {
+        self.plain
+    }
+
+    /// The innermost layer: the stage under panic capture.
+    pub fn catch_panic(&self) -> &CatchPanic<S> {
+        self.stack.get_ref().get_ref().get_ref().get_ref()
     }
 
     /// The counters every layer updates (for the runtime's `stats()`).
@@ -145,7 +166,7 @@ impl<S: Stage> Policies<S> {
 
     /// The wrapped stage.
     pub fn get_ref(&self) -> &S {
-        self.stack.get_ref().get_ref().get_ref().get_ref().get_ref()
+        self.catch_panic().get_ref()
     }
 
     /// Unwraps the stage.
