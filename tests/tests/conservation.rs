@@ -132,7 +132,7 @@ async fn errors_are_dead_lettered_dropped_or_fail_the_pipeline() {
     assert!(err.report.emitted < 100_000, "the source stopped early");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tee_route_partition_merge_and_batch_conserve_items() {
     let (all, all_out) = sink::collect::<u64>();
     let (big, big_out) = sink::collect::<u64>();

@@ -137,7 +137,7 @@ proptest! {
 
     #[test]
     fn partitions_keep_order_per_key(n in 1u64..2_000, lanes in 1usize..5, keys in 1u64..9, concurrency in 1usize..4) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         let (sink, out) = sink::collect::<u64>();
         let report = rt.block_on(async {
             Pipeline::builder("lanes")
