@@ -1,6 +1,8 @@
 //! Sources: where items come from. Built-ins: [`iter`], [`stream`] and [`ingest`].
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -93,7 +95,107 @@ pub trait Source: Send + 'static {
     fn name(&self) -> &str {
         "source"
     }
+
+    /// Live gauges of what waits outside the pipeline (a broker's consumer lag and
+    /// pending entries), shown in `stats()` and exported as metrics. Asked for once, when
+    /// the pipeline is built. Default: none.
+    fn backlog(&self) -> Option<Backlog> {
+        None
+    }
 }
+
+/// What a broker source reports about the log it reads: entries not yet delivered to
+/// this consumer group (`lag`) and entries delivered but not yet acknowledged
+/// (`pending`). A cloneable handle: the source keeps one and sets the numbers as it
+/// learns them; the pipeline shows them in its `stats()` row for the source and as the
+/// gauges `pipeline_source_lag` and `pipeline_source_pending`.
+///
+/// ```
+/// use pipeline_core::source::Backlog;
+///
+/// let backlog = Backlog::new();
+/// assert_eq!(backlog.lag(), None);
+/// backlog.set_lag(42);
+/// backlog.set_pending(7);
+/// assert_eq!((backlog.lag(), backlog.pending()), (Some(42), Some(7)));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Backlog(Arc<BacklogCells>);
+
+#[derive(Debug)]
+struct BacklogCells {
+    lag: AtomicU64,
+    pending: AtomicU64,
+    gauges: OnceLock<(::metrics::Gauge, ::metrics::Gauge)>,
+}
+
+impl Default for BacklogCells {
+    fn default() -> Self {
+        BacklogCells {
+            lag: AtomicU64::new(UNKNOWN),
+            pending: AtomicU64::new(UNKNOWN),
+            gauges: OnceLock::new(),
+        }
+    }
+}
+
+/// Not reported yet.
+const UNKNOWN: u64 = u64::MAX;
+
+impl Backlog {
+    /// Gauges with nothing reported yet.
+    pub fn new() -> Self {
+        Backlog::default()
+    }
+
+    /// Entries not yet delivered to this consumer (group).
+    pub fn set_lag(&self, entries: u64) {
+        self.0
+            .lag
+            .store(entries.min(UNKNOWN - 1), Ordering::Relaxed);
+        if let Some((lag, _)) = self.0.gauges.get() {
+            lag.set(entries as f64);
+        }
+    }
+
+    /// Entries delivered but not yet acknowledged.
+    pub fn set_pending(&self, entries: u64) {
+        self.0
+            .pending
+            .store(entries.min(UNKNOWN - 1), Ordering::Relaxed);
+        if let Some((_, pending)) = self.0.gauges.get() {
+            pending.set(entries as f64);
+        }
+    }
+
+    /// The last lag reported, if any.
+    pub fn lag(&self) -> Option<u64> {
+        known(self.0.lag.load(Ordering::Relaxed))
+    }
+
+    /// The last pending count reported, if any.
+    pub fn pending(&self) -> Option<u64> {
+        known(self.0.pending.load(Ordering::Relaxed))
+    }
+
+    /// Registers the metric gauges under the pipeline's and the source's names.
+    pub(crate) fn bind(&self, pipeline: &str, source: &str) {
+        let gauge = |name: &'static str| ::metrics::gauge!(name, "pipeline" => pipeline.to_owned(), "stage" => source.to_owned());
+        let _ = self
+            .0
+            .gauges
+            .set((gauge(SOURCE_LAG), gauge(SOURCE_PENDING)));
+    }
+}
+
+fn known(v: u64) -> Option<u64> {
+    (v != UNKNOWN).then_some(v)
+}
+
+/// Metric name: a broker source's consumer lag.
+pub const SOURCE_LAG: &str = "pipeline_source_lag";
+/// Metric name: a broker source's delivered but unacknowledged entries.
+pub const SOURCE_PENDING: &str = "pipeline_source_pending";
 
 /// A source over any iterator.
 ///

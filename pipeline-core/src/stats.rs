@@ -13,6 +13,7 @@
 //! | `pipeline_outcomes_total` | counter | `pipeline`, `outcome` | source items by final outcome |
 //! | `pipeline_queue_depth` | gauge | `pipeline`, `stage` | items waiting in the stage's input edge |
 //! | `pipeline_in_flight` | gauge | `pipeline`, `stage` | items inside the stage |
+//! | `pipeline_source_lag`, `pipeline_source_pending` | gauge | `pipeline`, `stage` | a broker source's consumer lag and unacknowledged entries ([`Backlog`](crate::source::Backlog)) |
 //! | `pipeline_source_errors_total` | counter | `pipeline`, `stage` | failed pulls of a source |
 //! | `pipeline_restarts_total` | counter | `pipeline`, `stage` | stage restarts after a panic |
 //! | `pipeline_retries_total`, `pipeline_timeouts_total`, `pipeline_panics_total`, ... | counter | `stage` | policy events; see [`policy`](crate::policy) |

@@ -185,7 +185,12 @@ fn source_link<S: Source>(node: usize, source: S) -> Pending<S::Item> {
             let name = source.name().to_owned();
             core.graph.rename(node, &name);
             let counters = core.counters(&name, Kind::Source, 1);
-            core.rows[node] = Some(Row::new(Arc::clone(&counters), None));
+            let mut row = Row::new(Arc::clone(&counters), None);
+            row.backlog = source.backlog();
+            if let Some(backlog) = &row.backlog {
+                backlog.bind(&core.control.name, &name);
+            }
+            core.rows[node] = Some(row);
             let max = tx.capacity().min(MAX_BATCH);
             let control = Arc::clone(&core.control);
             core.tasks.push((

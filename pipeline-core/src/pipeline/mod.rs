@@ -64,6 +64,8 @@ pub(crate) struct Row {
     pub(crate) policy: Option<Arc<crate::policy::Counters>>,
     /// A stage's circuit breaker.
     pub(crate) breaker: Option<Arc<crate::policy::CircuitBreaker>>,
+    /// A broker source's lag and pending gauges.
+    pub(crate) backlog: Option<crate::source::Backlog>,
 }
 
 impl Row {
@@ -73,6 +75,7 @@ impl Row {
             input,
             policy: None,
             breaker: None,
+            backlog: None,
         }
     }
 }

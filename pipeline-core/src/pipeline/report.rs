@@ -199,6 +199,10 @@ pub struct StageStats {
     /// The circuit breaker's state, if the stage has one.
     #[serde(serialize_with = "breaker_name")]
     pub breaker: Option<BreakerState>,
+    /// A broker source's consumer lag (entries not yet delivered), if it reports one.
+    pub lag: Option<u64>,
+    /// A broker source's delivered but unacknowledged entries, if it reports them.
+    pub pending: Option<u64>,
 }
 
 fn breaker_name<S: serde::Serializer>(
@@ -260,5 +264,7 @@ fn stage_stats(row: &Row, uptime: Duration) -> StageStats {
         panics: policy.panics,
         restarts: c.restarts.load(Ordering::Relaxed),
         breaker: row.breaker.as_ref().map(|b| b.state()),
+        lag: row.backlog.as_ref().and_then(|b| b.lag()),
+        pending: row.backlog.as_ref().and_then(|b| b.pending()),
     }
 }
