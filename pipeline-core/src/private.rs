@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use ::tokio;
 
 pub use crate::context::Context;
+pub use crate::error::BoxError;
 pub use crate::options::{
     BreakerMode, BreakerOptions, OnError, RateOptions, RestartOptions, RetryOptions, StageOptions,
     Window,

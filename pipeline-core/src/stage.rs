@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use crate::context::Context;
+use crate::error::BoxError;
 use crate::options::StageOptions;
 
 /// One async processing step: takes an `In`, yields zero, one or many outputs, or fails.
@@ -100,20 +101,36 @@ pub trait Stage: Send + Sync + 'static {
 
     /// Runs once when the stage's task starts, before its first item: open connections,
     /// warm caches. Default: nothing.
-    fn on_start(&self) -> impl Future<Output = ()> + Send {
-        async {}
+    ///
+    /// # Errors
+    ///
+    /// An error (or a panic) fails the start: the pipeline stops with a failure naming
+    /// the stage, and the items that reach the stage are marked `Failed`.
+    fn on_start(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Ok(()) }
     }
 
     /// Runs once when the stage's task ends, after its last item (its input closed and
     /// everything it emitted was sent): flush, close. Not run when the task is aborted by a
     /// shutdown past its deadline. Default: nothing.
-    fn on_stop(&self) -> impl Future<Output = ()> + Send {
-        async {}
+    ///
+    /// # Errors
+    ///
+    /// An error (or a panic) is a failure in the run's report, naming the stage.
+    fn on_stop(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Ok(()) }
     }
 
     /// Called by the supervisor after a call panicked, before the stage is used again:
     /// rebuild per-stage mutable state here. Shared state given at construction survives.
-    fn restart(&self) {}
+    ///
+    /// # Errors
+    ///
+    /// An error (or a panic) fails the restart: the pipeline stops with a failure naming
+    /// the stage, as when the restart limit is exceeded.
+    fn restart(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
 
     /// Options this stage declares for itself (the `#[stage]` macro fills them in).
     /// Builder settings override them.
@@ -432,16 +449,16 @@ impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How> {
         self.stage.is_permanent(error)
     }
 
-    fn on_start(&self) -> impl Future<Output = ()> + Send {
+    fn on_start(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
         self.stage.on_start()
     }
 
-    fn on_stop(&self) -> impl Future<Output = ()> + Send {
+    fn on_stop(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
         self.stage.on_stop()
     }
 
-    fn restart(&self) {
-        self.stage.restart();
+    fn restart(&self) -> Result<(), BoxError> {
+        self.stage.restart()
     }
 
     fn options(&self) -> StageOptions {

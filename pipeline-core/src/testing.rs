@@ -321,16 +321,16 @@ where
         }
     }
 
-    fn on_start(&self) -> impl Future<Output = ()> + Send {
+    fn on_start(&self) -> impl Future<Output = Result<(), crate::error::BoxError>> + Send {
         self.stage.on_start()
     }
 
-    fn on_stop(&self) -> impl Future<Output = ()> + Send {
+    fn on_stop(&self) -> impl Future<Output = Result<(), crate::error::BoxError>> + Send {
         self.stage.on_stop()
     }
 
-    fn restart(&self) {
-        self.stage.restart();
+    fn restart(&self) -> Result<(), crate::error::BoxError> {
+        self.stage.restart()
     }
 
     fn options(&self) -> crate::StageOptions {

@@ -209,8 +209,9 @@ fn stage_impl(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
     let restart = stage.has_mut_state().then(|| {
         let fields = stage.mut_state().map(|state| &state.field);
         quote! {
-            fn restart(&self) {
+            fn restart(&self) -> #p::Result<(), #p::BoxError> {
                 #(self.#fields.rebuild();)*
+                #p::Ok(())
             }
         }
     });

@@ -215,7 +215,7 @@ async fn shared_state() {
     let stage = Enrich::new(Arc::clone(&db));
     assert_eq!(stage.call(5, &cx()).await, Ok(10));
     // Shared state survives a restart.
-    stage.restart();
+    stage.restart().unwrap();
     assert_eq!(stage.call(5, &cx()).await, Ok(10));
 
     assert_eq!(
@@ -241,7 +241,7 @@ async fn mutable_state_is_rebuilt_on_restart() {
     assert_eq!(builds.load(Ordering::SeqCst), 1);
     assert_eq!(stage.call("a".into(), &cx()).await, Ok((1, "a".into())));
     assert_eq!(stage.call("b".into(), &cx()).await, Ok((2, "b".into())));
-    stage.restart();
+    stage.restart().unwrap();
     assert_eq!(builds.load(Ordering::SeqCst), 2);
     assert_eq!(stage.call("c".into(), &cx()).await, Ok((1, "c".into())));
 
@@ -257,7 +257,7 @@ async fn blocking_with_state_and_context() {
     let cx = cx().with_attempt(2);
     assert_eq!(stage.call(1, &cx).await, Ok(10 + 2 + 1));
     assert_eq!(stage.call(1, &cx).await, Ok(10 + 2 + 2));
-    stage.restart();
+    stage.restart().unwrap();
     assert_eq!(stage.call(1, &cx).await, Ok(10 + 2 + 1));
 }
 

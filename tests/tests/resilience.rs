@@ -214,9 +214,10 @@ impl Stage for Stateful {
         Ok(n)
     }
 
-    fn restart(&self) {
+    fn restart(&self) -> Result<(), BoxError> {
         self.since_restart.store(0, Ordering::SeqCst);
         self.restarts.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 

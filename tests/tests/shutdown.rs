@@ -220,12 +220,14 @@ impl Stage for Hooked {
         Ok(n)
     }
 
-    async fn on_start(&self) {
+    async fn on_start(&self) -> Result<(), BoxError> {
         self.0.lock().unwrap().push("start".into());
+        Ok(())
     }
 
-    async fn on_stop(&self) {
+    async fn on_stop(&self) -> Result<(), BoxError> {
         self.0.lock().unwrap().push("stop".into());
+        Ok(())
     }
 }
 

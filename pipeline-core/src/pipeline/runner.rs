@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::dead_letter::DeadLetter;
 use crate::edge::{EdgeRx, EdgeTx};
 use crate::envelope::{Batch, Items};
-use crate::error::chain;
+use crate::error::{BoxError, Message, chain};
 use crate::options::{OnError, RestartOptions};
 use crate::policy::{Failure, Policies, RetryOutcome};
 use crate::stage::{Emitted, Shape, Stage};
@@ -417,7 +417,19 @@ impl<S: Stage> Results<'_, S> {
                         self.flush().await;
                         tokio::time::sleep(after).await;
                     }
-                    task.stage.restart();
+                    let rebuilt = catch_unwind(AssertUnwindSafe(|| task.stage.get_ref().restart()))
+                        .unwrap_or_else(|payload| {
+                            Err(Message(
+                                crate::policy::Panicked::from_payload(&*payload)
+                                    .message()
+                                    .to_owned(),
+                            )
+                            .into())
+                        });
+                    if let Err(error) = rebuilt {
+                        task.control
+                            .fail(&task.name, format!("restart failed: {}", chain(&*error)));
+                    }
                 }
                 Verdict::Escalate { restarts, within } => {
                     task.control.fail(
@@ -602,17 +614,14 @@ where
             panics_seen: 0,
             hint: 1,
         };
-        // The hooks run on the stage itself, not through the policies; a panic in one is
-        // logged and costs no item.
-        let hook = |which: &'static str, payload: Box<dyn std::any::Any + Send>| {
-            let panic = crate::policy::Panicked::from_payload(&*payload);
-            tracing::error!(stage = %task.name, hook = which, message = panic.message(), "stage hook panicked");
-        };
-        if let Err(payload) = AssertUnwindSafe(task.stage.get_ref().on_start())
-            .catch_unwind()
-            .await
-        {
-            hook("on_start", payload);
+        // The hooks run on the stage itself, not through the policies. A start that fails
+        // (an error or a panic) stops the pipeline, naming the stage; the stage then calls
+        // nothing and fails every item that reaches it.
+        if let Err(error) = hook(task.stage.get_ref().on_start()).await {
+            task.control
+                .fail(&task.name, format!("on_start failed: {}", chain(&*error)));
+            task.refuse(rx).await;
+            return;
         }
         if task.concurrency <= 1 {
             if task.stage.is_plain() {
@@ -700,11 +709,30 @@ where
         }
         results.flush().await;
         drop(rx);
-        if let Err(payload) = AssertUnwindSafe(task.stage.get_ref().on_stop())
-            .catch_unwind()
-            .await
-        {
-            hook("on_stop", payload);
+        if let Err(error) = hook(task.stage.get_ref().on_stop()).await {
+            task.control
+                .fail(&task.name, format!("on_stop failed: {}", chain(&*error)));
         }
     }
+
+    /// Fails every item that reaches a stage that could not start, until its input ends.
+    async fn refuse(&self, mut rx: EdgeRx<S::In>) {
+        while let Some(mut batch) = rx.recv().await {
+            self.counters.received(batch.len());
+            self.counters.errors(batch.len());
+            self.counters.completed(batch.len());
+            batch.finish_all(Outcome::Failed);
+        }
+    }
+}
+
+/// Runs a stage hook, turning a panic into an error.
+async fn hook(run: impl Future<Output = Result<(), BoxError>>) -> Result<(), BoxError> {
+    AssertUnwindSafe(run)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|payload| {
+            let panic = crate::policy::Panicked::from_payload(&*payload);
+            Err(Message(format!("panicked: {}", panic.message())).into())
+        })
 }

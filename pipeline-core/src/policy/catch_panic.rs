@@ -216,8 +216,8 @@ impl<S: Stage> Stage for CatchPanic<S> {
         }
     }
 
-    fn restart(&self) {
-        self.inner.restart();
+    fn restart(&self) -> Result<(), crate::error::BoxError> {
+        self.inner.restart()
     }
 
     fn options(&self) -> StageOptions {

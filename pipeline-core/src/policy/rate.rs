@@ -281,8 +281,8 @@ impl<S: Stage> Stage for RateLimit<S> {
         self.inner.is_permanent(error)
     }
 
-    fn restart(&self) {
-        self.inner.restart();
+    fn restart(&self) -> Result<(), crate::error::BoxError> {
+        self.inner.restart()
     }
 
     fn options(&self) -> StageOptions {

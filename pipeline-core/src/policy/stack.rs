@@ -222,8 +222,8 @@ impl<S: Stage> Stage for Policies<S> {
         self.stack.is_permanent(error)
     }
 
-    fn restart(&self) {
-        self.stack.restart();
+    fn restart(&self) -> Result<(), crate::error::BoxError> {
+        self.stack.restart()
     }
 
     fn options(&self) -> StageOptions {

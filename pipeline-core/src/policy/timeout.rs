@@ -187,8 +187,8 @@ where
         self.inner.is_permanent(error)
     }
 
-    fn restart(&self) {
-        self.inner.restart();
+    fn restart(&self) -> Result<(), crate::error::BoxError> {
+        self.inner.restart()
     }
 
     fn options(&self) -> StageOptions {

@@ -63,8 +63,11 @@ where
             )
         }
     }
-    fn restart(&self) {
+    fn restart(
+        &self,
+    ) -> ::pipeline_core::__private::Result<(), ::pipeline_core::__private::BoxError> {
         self.seen.rebuild();
+        ::pipeline_core::__private::Ok(())
     }
     fn options(&self) -> ::pipeline_core::__private::StageOptions {
         let mut options = <::pipeline_core::__private::StageOptions as ::pipeline_core::__private::Default>::default();
