@@ -118,6 +118,9 @@ pub struct RetryOptions {
     pub jitter: bool,
     /// Retry budget: retries allowed as a share of recent first attempts (e.g. `0.2`).
     pub budget: Option<f64>,
+    /// The budget's floor: retries per second allowed whatever the share (default 10,
+    /// as tower's budget), so the odd failure is retried even with little traffic.
+    pub budget_floor: u32,
     /// Your own delays instead of the exponential ones (`backoff`, `max_backoff` and
     /// `jitter` are then not used).
     pub schedule: Option<Delays>,
@@ -172,7 +175,7 @@ impl PartialEq for Delays {
 
 impl RetryOptions {
     /// `attempts` in all with defaults for the rest (100 ms backoff, 10 s cap, jitter on,
-    /// no budget).
+    /// no budget; a budget's floor is 10 retries per second).
     pub fn new(attempts: u32) -> Self {
         RetryOptions {
             attempts,
@@ -180,6 +183,7 @@ impl RetryOptions {
             max_backoff: Duration::from_secs(10),
             jitter: true,
             budget: None,
+            budget_floor: 10,
             schedule: None,
         }
     }
@@ -242,7 +246,7 @@ pub enum BreakerMode {
     FailFast,
 }
 
-/// A rate: `calls` per `per`.
+/// A rate: `calls` per `per`, with bursts of up to `burst` calls at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateOptions {
@@ -250,12 +254,32 @@ pub struct RateOptions {
     pub calls: u32,
     /// The period.
     pub per: Duration,
+    /// Calls allowed at once after a quiet spell (`None`: `calls`, a whole period's worth).
+    pub burst: Option<u32>,
 }
 
 impl RateOptions {
-    /// `calls` per `per`.
+    /// `calls` per `per`, bursts of up to `calls`.
     pub fn new(calls: u32, per: Duration) -> Self {
-        RateOptions { calls, per }
+        RateOptions {
+            calls,
+            per,
+            burst: None,
+        }
+    }
+
+    /// The same rate with bursts of at most `burst` calls (at least 1).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pipeline_core::options::RateOptions;
+    /// let rate = RateOptions::new(100, Duration::from_secs(1)).with_burst(5);
+    /// assert_eq!(rate.burst, Some(5));
+    /// ```
+    #[must_use]
+    pub fn with_burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
     }
 }
 

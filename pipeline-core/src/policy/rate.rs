@@ -29,7 +29,7 @@ impl Overloaded {
     }
 }
 
-/// `calls` per `per`, with bursts of up to `calls`, by the generic cell rate algorithm
+/// `calls` per `per`, with bursts of up to `burst` (default `calls`), by the generic cell rate algorithm
 /// (one atomic: the "theoretical arrival time" of the next call) on tokio's clock, so
 /// paused-time tests drive it.
 ///
@@ -68,10 +68,11 @@ impl RateLimiter {
     /// A limiter allowing `opts.calls` per `opts.per`.
     pub fn new(opts: RateOptions) -> Self {
         let calls = opts.calls.max(1);
+        let burst = opts.burst.unwrap_or(calls).max(1);
         let interval = u64::try_from((opts.per / calls).as_nanos()).unwrap_or(u64::MAX);
         RateLimiter {
             interval,
-            tolerance: interval.saturating_mul(u64::from(calls - 1)),
+            tolerance: interval.saturating_mul(u64::from(burst - 1)),
             origin: Instant::now(),
             tat: AtomicU64::new(0),
             opts,
@@ -372,6 +373,18 @@ mod tests {
         assert!(timed_out.is_err());
         advance(Duration::from_millis(500)).await;
         assert!(limiter.try_acquire().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_smaller_burst_spaces_calls_from_the_start() {
+        let limiter = RateLimiter::new(RateOptions::new(10, Duration::from_secs(1)).with_burst(2));
+        assert!(limiter.try_acquire().is_ok());
+        assert!(limiter.try_acquire().is_ok());
+        let refused = limiter.try_acquire().unwrap_err();
+        assert_eq!(
+            refused.ready_at() - Instant::now(),
+            Duration::from_millis(100)
+        );
     }
 
     #[tokio::test(start_paused = true)]

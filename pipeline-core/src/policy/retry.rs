@@ -105,7 +105,9 @@ where
             inner,
             attempts: opts.attempts.max(1),
             backoff: Backoff::from_options(opts),
-            budget: opts.budget.map(|share| Arc::new(RetryBudget::new(share))),
+            budget: opts
+                .budget
+                .map(|share| Arc::new(RetryBudget::new(share).with_min_per_sec(opts.budget_floor))),
             clone_in: Some(<S::In as Clone>::clone),
             counters,
         }
