@@ -15,7 +15,10 @@ use crate::sync::{AtomicU8, AtomicU64, AtomicUsize, Mutex};
 
 /// The final status of an item, from best to worst. A parent item takes the worst
 /// status of its descendants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum Outcome {
     /// A sink confirmed the write.
@@ -98,14 +101,79 @@ impl fmt::Display for Outcome {
 /// });
 /// # drop(ack);
 /// ```
-pub struct Ack(AckFn);
+///
+/// The callback runs inline in whichever pipeline task settles the last item (often the
+/// sink's): keep it short and never block; hand the work to a task of your own. A
+/// panicking callback is caught: the items' outcomes stand, the panic is counted on the
+/// source and traced, and (not having acknowledged) a broker redelivers.
+pub struct Ack {
+    f: AckFn,
+    on_panic: Option<PanicHook>,
+}
 
-type AckFn = Box<dyn FnOnce(&[Outcome]) + Send>;
+enum AckFn {
+    Outcomes(OutcomesFn),
+    /// Also told why each item failed (costs a record of reasons for the batch).
+    Reasons(ReasonsFn),
+}
+
+type OutcomesFn = Box<dyn FnOnce(&[Outcome]) + Send>;
+type ReasonsFn = Box<dyn FnOnce(&[Outcome], &mut [Option<Reason>]) + Send>;
+
+/// Why an item was not delivered: the element that gave up on it and its error.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reason {
+    /// The stage, sink or edge that gave up on the item.
+    pub stage: String,
+    /// The error, with its source chain.
+    pub error: String,
+}
+
+/// Told the panic message when an ack callback panics.
+pub(crate) type PanicHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Ack {
     /// Wraps a callback.
     pub fn new(f: impl FnOnce(&[Outcome]) + Send + 'static) -> Self {
-        Ack(Box::new(f))
+        Ack {
+            f: AckFn::Outcomes(Box::new(f)),
+            on_panic: None,
+        }
+    }
+
+    /// A callback also told the [`Reason`] of each item that failed (its first failure).
+    pub(crate) fn with_reasons(
+        f: impl FnOnce(&[Outcome], &mut [Option<Reason>]) + Send + 'static,
+    ) -> Self {
+        Ack {
+            f: AckFn::Reasons(Box::new(f)),
+            on_panic: None,
+        }
+    }
+
+    fn wants_reasons(&self) -> bool {
+        matches!(self.f, AckFn::Reasons(_))
+    }
+
+    /// Reports a panic of the callback to `hook` (the source's counters).
+    pub(crate) fn on_panic(mut self, hook: &PanicHook) -> Self {
+        self.on_panic = Some(Arc::clone(hook));
+        self
+    }
+
+    fn run(self, outcomes: &[Outcome], reasons: &mut [Option<Reason>]) {
+        let Ack { f, on_panic } = self;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match f {
+            AckFn::Outcomes(f) => f(outcomes),
+            AckFn::Reasons(f) => f(outcomes, reasons),
+        }));
+        if let Err(payload) = ran {
+            let message = crate::error::panic_message(&*payload);
+            match on_panic {
+                Some(hook) => hook(&message),
+                None => tracing::error!(message, "ack callback panicked"),
+            }
+        }
     }
 }
 
@@ -120,18 +188,22 @@ impl fmt::Debug for Ack {
 pub(crate) struct Ledger {
     pub(crate) emitted: AtomicU64,
     pub(crate) outcomes: [AtomicU64; 6],
-}
-
-impl Default for Ledger {
-    fn default() -> Self {
-        Ledger {
-            emitted: AtomicU64::new(0),
-            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
+    /// `pipeline_outcomes_total` per outcome, registered once.
+    metrics: [::metrics::Counter; 6],
 }
 
 impl Ledger {
+    /// Counters for the pipeline named `pipeline`.
+    pub(crate) fn new(pipeline: &str) -> Self {
+        Ledger {
+            emitted: AtomicU64::new(0),
+            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            metrics: Outcome::ALL.map(|o| {
+                ::metrics::counter!(crate::stats::OUTCOMES_TOTAL, "pipeline" => pipeline.to_owned(), "outcome" => o.as_str())
+            }),
+        }
+    }
+
     pub(crate) fn counts(&self) -> [u64; 6] {
         std::array::from_fn(|i| self.outcomes[i].load(Ordering::Acquire))
     }
@@ -152,6 +224,8 @@ enum Parent {
 pub(crate) struct Origin {
     pending: AtomicUsize,
     status: Box<[AtomicU8]>,
+    /// The first failure of each item, kept only when the ack asked for reasons.
+    reasons: Option<Mutex<Vec<Option<Reason>>>>,
     parent: Parent,
 }
 
@@ -168,9 +242,14 @@ impl Origin {
     /// A record for `len` source items, counted as emitted.
     pub(crate) fn root(len: usize, ledger: &Arc<Ledger>, ack: Option<Ack>) -> Arc<Origin> {
         ledger.emitted.fetch_add(len as u64, Ordering::AcqRel);
+        let reasons = ack
+            .as_ref()
+            .filter(|a| a.wants_reasons())
+            .map(|_| Mutex::new(vec![None; len]));
         let origin = Arc::new(Origin {
             pending: AtomicUsize::new(len),
             status: (0..len).map(|_| AtomicU8::new(0)).collect(),
+            reasons,
             parent: Parent::Root {
                 ledger: Arc::clone(ledger),
                 ack: Mutex::new(ack),
@@ -188,8 +267,34 @@ impl Origin {
         Arc::new(Origin {
             pending: AtomicUsize::new(1),
             status: Box::new([AtomicU8::new(0)]),
+            reasons: None,
             parent: Parent::Derived { links },
         })
+    }
+
+    /// Notes why item `idx` failed, for an ack that asked for reasons (the first one
+    /// wins). Costs one branch when nobody asked.
+    pub(crate) fn note(&self, idx: u32, stage: &str, error: &str) {
+        match &self.parent {
+            Parent::Derived { links } => {
+                for (origin, i) in links {
+                    origin.note(*i, stage, error);
+                }
+            }
+            Parent::Root { .. } => {
+                if let Some(reasons) = &self.reasons {
+                    let mut reasons = reasons.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(slot) = reasons.get_mut(idx as usize)
+                        && slot.is_none()
+                    {
+                        *slot = Some(Reason {
+                            stage: stage.to_owned(),
+                            error: error.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// One more unfinished descendant of item `idx` (a flat-map child or a fan-out copy).
@@ -232,9 +337,11 @@ impl Origin {
                 for s in self.status.iter() {
                     counts[status(s) as usize] += 1;
                 }
-                for (total, n) in ledger.outcomes.iter().zip(counts) {
+                for ((total, metric), n) in ledger.outcomes.iter().zip(&ledger.metrics).zip(counts)
+                {
                     if n > 0 {
                         total.fetch_add(n, Ordering::AcqRel);
+                        metric.increment(n);
                     }
                 }
                 let ack = ack
@@ -244,7 +351,13 @@ impl Origin {
                 // Only a source that asked for acks pays for the list of outcomes.
                 if let Some(ack) = ack {
                     let outcomes: Vec<Outcome> = self.status.iter().map(status).collect();
-                    (ack.0)(&outcomes);
+                    let mut reasons = match &self.reasons {
+                        Some(r) => {
+                            std::mem::take(&mut *r.lock().unwrap_or_else(|p| p.into_inner()))
+                        }
+                        None => Vec::new(),
+                    };
+                    ack.run(&outcomes, &mut reasons);
                 }
             }
             Parent::Derived { links } => {
@@ -267,7 +380,7 @@ mod loom_tests {
     #[test]
     fn ack_fires_once_after_every_descendant() {
         loom::model(|| {
-            let ledger = Arc::new(Ledger::default());
+            let ledger = Arc::new(Ledger::new("test"));
             let acks = Arc::new(AtomicUsize::new(0));
             let seen = Arc::new(Mutex::new(Vec::new()));
             let (a, s) = (Arc::clone(&acks), Arc::clone(&seen));
@@ -307,7 +420,7 @@ mod tests {
 
     #[test]
     fn worst_status_wins_and_ack_runs_once_after_all() {
-        let ledger = Arc::new(Ledger::default());
+        let ledger = Arc::new(Ledger::new("test"));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = Arc::clone(&seen);
         let origin = Origin::root(
@@ -340,7 +453,7 @@ mod tests {
 
     #[test]
     fn derived_item_passes_its_status_to_every_origin() {
-        let ledger = Arc::new(Ledger::default());
+        let ledger = Arc::new(Ledger::new("test"));
         let a = Origin::root(2, &ledger, None);
         let b = Origin::root(1, &ledger, None);
         let d = Origin::derived(vec![
@@ -355,7 +468,7 @@ mod tests {
 
     #[test]
     fn empty_batch_completes_at_once() {
-        let ledger = Arc::new(Ledger::default());
+        let ledger = Arc::new(Ledger::new("test"));
         let _ = Origin::root(0, &ledger, None);
         assert_eq!(ledger.emitted.load(Ordering::Relaxed), 0);
     }

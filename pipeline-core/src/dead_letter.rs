@@ -2,13 +2,13 @@
 
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the dead-letter sink receives for an item whose attempts are exhausted (or that
 /// did not fit a [`WhenFull::DeadLetter`](crate::options::WhenFull::DeadLetter) edge).
 ///
 /// The record is type-erased so one dead-letter sink serves every stage.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DeadLetter {
     /// The stage (or edge) that gave up on the item.
@@ -17,9 +17,12 @@ pub struct DeadLetter {
     pub error: String,
     /// Attempts made, the first included (0 for an overflow).
     pub attempts: u32,
-    /// When the first attempt failed (wall clock, for people reading the record).
+    /// When the first attempt failed (wall clock, for people reading the record; RFC 3339
+    /// in JSON).
+    #[serde(with = "crate::wire::rfc3339")]
     pub first_failure: SystemTime,
     /// When the last attempt failed.
+    #[serde(with = "crate::wire::rfc3339")]
     pub last_failure: SystemTime,
     /// The item as JSON when available (stages that opt into serde), else its `Debug` text,
     /// else `None`.

@@ -146,6 +146,29 @@ impl<T: Send + 'static> EdgeTx<T> {
         self.shared.capacity
     }
 
+    /// Free room in items, waiting while there is none (an edge whose policy never blocks
+    /// answers at once, at least 1; so does an edge whose receiver is gone).
+    ///
+    /// Cancel safety: cancel safe.
+    pub(crate) async fn room(&self) -> usize {
+        let shared = &*self.shared;
+        loop {
+            let notified = shared.space.notified();
+            let mut notified = pin!(notified);
+            {
+                let mut st = shared.lock();
+                let room = shared.capacity.saturating_sub(st.len);
+                if room > 0 || !st.receiver || shared.when_full != WhenFull::Block {
+                    return room.max(1);
+                }
+                st.space_waiters += 1;
+                notified.as_mut().enable();
+            }
+            let _waiting = WaiterGuard(shared);
+            notified.await;
+        }
+    }
+
     /// Sends `batch`, applying the edge's [`WhenFull`] policy. With `Block` it waits
     /// for room, splitting the batch when only part of it fits.
     ///

@@ -266,6 +266,15 @@ impl Claim {
         failed
     }
 
+    /// Notes why the items at `positions` failed (for acks that asked for reasons).
+    pub(crate) fn note(&self, positions: &[usize], stage: &str, error: &str) {
+        for &p in positions {
+            if let Some(&i) = self.idx.get(p) {
+                self.origin.note(i, stage, error);
+            }
+        }
+    }
+
     /// Every item ended with `outcome`.
     pub(crate) fn finish_all(mut self, outcome: Outcome) {
         self.settle(outcome);

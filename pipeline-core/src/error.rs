@@ -24,6 +24,17 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The message of a caught panic (`panic!`'s text), or a placeholder for other payloads.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic payload of an unknown type".to_owned()
+    }
+}
+
 /// A `String` message usable as an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message(pub String);

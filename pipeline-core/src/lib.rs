@@ -82,6 +82,7 @@ pub mod supervise;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod wire;
 
 #[doc(hidden)]
 #[path = "private.rs"]

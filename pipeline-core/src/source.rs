@@ -1,13 +1,13 @@
 //! Sources: where items come from. Built-ins: [`iter`], [`stream`] and [`ingest`].
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::ack::{Ack, Outcome};
+use crate::ack::{Ack, Outcome, Reason};
 use crate::error::BoxError;
 
 /// Items a source pulled in one go, with an optional acknowledgement that runs once every
@@ -94,6 +94,14 @@ pub trait Source: Send + 'static {
     /// A name for metrics and the topology graph.
     fn name(&self) -> &str {
         "source"
+    }
+
+    /// What the source had accepted but not yet handed over when its task ends (an
+    /// ingest buffer, a broker client's prefetch): called once, at the end. The items are
+    /// counted `Abandoned` and their ack, if any, runs with `Abandoned` (so a broker
+    /// redelivers them and a `send_and_wait` caller is told). Default: nothing.
+    fn drain(&mut self) -> Option<Pulled<Self::Item>> {
+        None
     }
 
     /// Live gauges of what waits outside the pipeline (a broker's consumer lag and
@@ -279,11 +287,149 @@ where
     }
 }
 
-type Waiter = Option<oneshot::Sender<Outcome>>;
+/// Settings of an [`ingest`] source. A plain `usize` converts into options with that
+/// buffer and no in-flight bound.
+///
+/// ```
+/// use pipeline_core::source::IngestOptions;
+/// let opts = IngestOptions::buffer(256).max_in_flight(64);
+/// assert_eq!(opts.max_in_flight_limit(), Some(64));
+/// let opts: IngestOptions = 64.into();
+/// assert_eq!(opts.max_in_flight_limit(), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestOptions {
+    buffer: usize,
+    max_in_flight: Option<usize>,
+}
+
+impl IngestOptions {
+    /// Items accepted but not yet taken by the pipeline, at most (at least 1).
+    pub fn buffer(items: usize) -> Self {
+        IngestOptions {
+            buffer: items.max(1),
+            max_in_flight: None,
+        }
+    }
+
+    /// Admission: at most `items` accepted items not yet finished (each counts from the
+    /// moment `send`/`try_send` accepts it until its final outcome). `try_send` answers
+    /// [`TrySendError::Full`] as soon as the pipeline holds that many, so a `202` means
+    /// the event is among at most `items` in the pipeline. Counted by the ack ledger:
+    /// no snapshot is built.
+    #[must_use]
+    pub fn max_in_flight(mut self, items: usize) -> Self {
+        self.max_in_flight = Some(items.max(1));
+        self
+    }
+
+    /// The admission bound, if any.
+    pub fn max_in_flight_limit(&self) -> Option<usize> {
+        self.max_in_flight
+    }
+}
+
+impl From<usize> for IngestOptions {
+    fn from(buffer: usize) -> Self {
+        IngestOptions::buffer(buffer)
+    }
+}
+
+/// The admission count: accepted items not yet finished.
+#[derive(Debug)]
+struct Admission {
+    limit: usize,
+    held: AtomicUsize,
+    freed: Notify,
+}
+
+impl Admission {
+    fn try_take(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < self.limit).then_some(held + 1)
+            })
+            .is_ok()
+    }
+
+    async fn take(&self) {
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            if self.try_take() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// One admission slot, given back on drop unless the item was handed to the pipeline.
+struct Slot<'a>(Option<&'a Admission>);
+
+impl Slot<'_> {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.0 {
+            a.release(1);
+        }
+    }
+}
+
+/// What an ingest caller learns about its item from [`Ingest::send_and_wait`].
+///
+/// ```
+/// use pipeline_core::Outcome;
+/// use pipeline_core::source::Settled;
+/// let settled = Settled::new(Outcome::Delivered);
+/// assert!(settled.is_delivered() && settled.reason.is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Settled {
+    /// The final outcome (the worst over the item's descendants).
+    pub outcome: Outcome,
+    /// Why, when the item was dead-lettered, dropped or failed: the element that gave up
+    /// on it and the error. `None` for delivered and filtered items (no allocation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Box<Reason>>,
+}
+
+impl Settled {
+    /// An outcome without a reason.
+    pub fn new(outcome: Outcome) -> Self {
+        Settled {
+            outcome,
+            reason: None,
+        }
+    }
+
+    /// Whether a sink confirmed the item.
+    pub fn is_delivered(&self) -> bool {
+        self.outcome == Outcome::Delivered
+    }
+}
+
+type Waiter = Option<oneshot::Sender<Settled>>;
 
 /// An in-process source fed through cloneable [`Ingest`] handles, for embedding a pipeline
 /// in a service: request handlers send events with backpressure. The source ends when
 /// every `Ingest` handle is dropped (or the pipeline shuts down).
+///
+/// `options` is the buffer size (a `usize`) or [`IngestOptions`] with an admission bound.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -292,21 +438,43 @@ type Waiter = Option<oneshot::Sender<Outcome>>;
 /// # drop(source);
 /// # }
 /// ```
-pub fn ingest<T: Send + 'static>(capacity: usize) -> (Ingest<T>, IngestSource<T>) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    (Ingest { tx }, IngestSource { rx })
+pub fn ingest<T: Send + 'static>(
+    options: impl Into<IngestOptions>,
+) -> (Ingest<T>, IngestSource<T>) {
+    let options = options.into();
+    let (tx, rx) = mpsc::channel(options.buffer.max(1));
+    let admission = options.max_in_flight.map(|limit| {
+        Arc::new(Admission {
+            limit,
+            held: AtomicUsize::new(0),
+            freed: Notify::new(),
+        })
+    });
+    (
+        Ingest {
+            tx,
+            admission: admission.clone(),
+        },
+        IngestSource {
+            rx,
+            stash: None,
+            admission,
+        },
+    )
 }
 
 /// The sending side of [`ingest`].
 #[derive(Debug)]
 pub struct Ingest<T> {
     tx: mpsc::Sender<(T, Waiter)>,
+    admission: Option<Arc<Admission>>,
 }
 
 impl<T> Clone for Ingest<T> {
     fn clone(&self) -> Self {
         Ingest {
             tx: self.tx.clone(),
+            admission: self.admission.clone(),
         }
     }
 }
@@ -314,7 +482,8 @@ impl<T> Clone for Ingest<T> {
 /// Why [`Ingest::try_send`] gave the item back.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TrySendError<T> {
-    /// The ingest buffer is full: answer 503 or try later. The item is returned.
+    /// The ingest buffer is full, or the pipeline holds its `max_in_flight`: answer 503
+    /// or try later. The item is returned.
     #[error("the pipeline is full")]
     Full(T),
     /// The pipeline has stopped. The item is returned.
@@ -338,10 +507,26 @@ impl<T: Send + 'static> Ingest<T> {
     ///
     /// Cancel safe: if the future is dropped before it completes, the item was not sent.
     pub async fn send(&self, item: T) -> Result<(), Closed<T>> {
+        self.send_entry(item, None).await
+    }
+
+    async fn send_entry(&self, item: T, waiter: Waiter) -> Result<(), Closed<T>> {
+        let slot = match &self.admission {
+            Some(a) => {
+                if self.tx.is_closed() {
+                    return Err(Closed(item));
+                }
+                a.take().await;
+                Slot(Some(a))
+            }
+            None => Slot(None),
+        };
         self.tx
-            .send((item, None))
+            .send((item, waiter))
             .await
-            .map_err(|mpsc::error::SendError((item, _))| Closed(item))
+            .map_err(|mpsc::error::SendError((item, _))| Closed(item))?;
+        slot.keep();
+        Ok(())
     }
 
     /// Sends an item if there is room at once.
@@ -350,25 +535,46 @@ impl<T: Send + 'static> Ingest<T> {
     ///
     /// [`TrySendError::Full`] or [`TrySendError::Closed`], each with the item.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        let slot = match &self.admission {
+            Some(a) if !a.try_take() => {
+                return Err(if self.tx.is_closed() {
+                    TrySendError::Closed(item)
+                } else {
+                    TrySendError::Full(item)
+                });
+            }
+            Some(a) => Slot(Some(a)),
+            None => Slot(None),
+        };
         self.tx.try_send((item, None)).map_err(|e| match e {
             mpsc::error::TrySendError::Full((item, _)) => TrySendError::Full(item),
             mpsc::error::TrySendError::Closed((item, _)) => TrySendError::Closed(item),
-        })
+        })?;
+        slot.keep();
+        Ok(())
     }
 
-    /// Sends an item and waits for its final [`Outcome`] (the worst over its descendants).
+    /// Sends an item and waits for its final outcome, with the reason when it was not
+    /// delivered (the failing element and its error). The item is tracked on its own:
+    /// its answer never waits for unrelated items.
     ///
     /// # Errors
     ///
     /// [`Closed`] with the item when the pipeline has stopped before taking it. An item the
     /// pipeline took but never finished resolves as [`Outcome::Abandoned`].
-    pub async fn send_and_wait(&self, item: T) -> Result<Outcome, Closed<T>> {
-        let (done, outcome) = oneshot::channel();
-        self.tx
-            .send((item, Some(done)))
+    pub async fn send_and_wait(&self, item: T) -> Result<Settled, Closed<T>> {
+        let (done, settled) = oneshot::channel();
+        self.send_entry(item, Some(done)).await?;
+        Ok(settled
             .await
-            .map_err(|mpsc::error::SendError((item, _))| Closed(item))?;
-        Ok(outcome.await.unwrap_or(Outcome::Abandoned))
+            .unwrap_or_else(|_| Settled::new(Outcome::Abandoned)))
+    }
+
+    /// Items accepted and not yet finished, when an admission bound is set.
+    pub fn in_flight(&self) -> Option<usize> {
+        self.admission
+            .as_ref()
+            .map(|a| a.held.load(Ordering::Acquire))
     }
 }
 
@@ -376,39 +582,99 @@ impl<T: Send + 'static> Ingest<T> {
 #[derive(Debug)]
 pub struct IngestSource<T> {
     rx: mpsc::Receiver<(T, Waiter)>,
+    /// An entry with a waiter, taken while gathering a batch of others: it leaves on its
+    /// own at the next pull.
+    stash: Option<(T, oneshot::Sender<Settled>)>,
+    admission: Option<Arc<Admission>>,
+}
+
+impl<T: Send + 'static> IngestSource<T> {
+    /// The ack of `n` plain items: gives their admission slots back.
+    fn release(&self, n: usize) -> Option<Ack> {
+        let admission = Arc::clone(self.admission.as_ref()?);
+        Some(Ack::new(move |_: &[Outcome]| admission.release(n)))
+    }
+
+    /// One waited-for item, as its own batch.
+    fn alone(&self, item: T, waiter: oneshot::Sender<Settled>) -> Pulled<T> {
+        let admission = self.admission.clone();
+        let ack = Ack::with_reasons(
+            move |outcomes: &[Outcome], reasons: &mut [Option<Reason>]| {
+                if let Some(a) = admission {
+                    a.release(1);
+                }
+                let outcome = outcomes.first().copied().unwrap_or(Outcome::Abandoned);
+                let reason = reasons.first_mut().and_then(Option::take).map(Box::new);
+                let _ = waiter.send(Settled { outcome, reason });
+            },
+        );
+        Pulled::with_ack(vec![item], ack)
+    }
 }
 
 impl<T: Send + 'static> Source for IngestSource<T> {
     type Item = T;
 
     async fn pull(&mut self, max: usize) -> Result<Option<Pulled<T>>, BoxError> {
-        let mut buf = Vec::with_capacity(max.min(256));
-        if self.rx.recv_many(&mut buf, max).await == 0 {
+        if let Some((item, waiter)) = self.stash.take() {
+            return Ok(Some(self.alone(item, waiter)));
+        }
+        let Some((first, waiter)) = self.rx.recv().await else {
             return Ok(None);
+        };
+        if let Some(waiter) = waiter {
+            return Ok(Some(self.alone(first, waiter)));
         }
-        let mut items = Vec::with_capacity(buf.len());
-        let mut waiters: Vec<(usize, oneshot::Sender<Outcome>)> = Vec::new();
-        for (i, (item, waiter)) in buf.into_iter().enumerate() {
-            items.push(item);
-            if let Some(w) = waiter {
-                waiters.push((i, w));
+        let mut items = Vec::with_capacity(max.min(self.rx.len() + 1));
+        items.push(first);
+        while items.len() < max {
+            match self.rx.try_recv() {
+                Ok((item, None)) => items.push(item),
+                Ok((item, Some(waiter))) => {
+                    self.stash = Some((item, waiter));
+                    break;
+                }
+                Err(_) => break,
             }
         }
-        if waiters.is_empty() {
-            return Ok(Some(Pulled::new(items)));
-        }
-        let ack = Ack::new(move |outcomes: &[Outcome]| {
-            for (i, w) in waiters {
-                let _ = w.send(outcomes.get(i).copied().unwrap_or(Outcome::Abandoned));
-            }
-        });
-        Ok(Some(Pulled::with_ack(items, ack)))
+        let ack = self.release(items.len());
+        Ok(Some(Pulled { items, ack }))
     }
 
     fn close(&mut self) -> bool {
         // Items already accepted by `send` / `try_send` are still processed.
         self.rx.close();
         true
+    }
+
+    fn drain(&mut self) -> Option<Pulled<T>> {
+        // Nothing more can be accepted; whatever was accepted ends `Abandoned`, counted,
+        // and each waiter is told.
+        self.rx.close();
+        let mut items = Vec::new();
+        let mut waiters = Vec::new();
+        let stashed = self.stash.take().map(|(item, w)| (item, Some(w)));
+        let rest = std::iter::from_fn(|| self.rx.try_recv().ok());
+        for (item, waiter) in stashed.into_iter().chain(rest) {
+            if let Some(w) = waiter {
+                waiters.push(w);
+            }
+            items.push(item);
+        }
+        if items.is_empty() {
+            return None;
+        }
+        let n = items.len();
+        let admission = self.admission.clone();
+        let ack = Ack::new(move |_: &[Outcome]| {
+            if let Some(a) = admission {
+                a.release(n);
+            }
+            for w in waiters {
+                let _ = w.send(Settled::new(Outcome::Abandoned));
+            }
+        });
+        Some(Pulled::with_ack(items, ack))
     }
 
     fn name(&self) -> &str {

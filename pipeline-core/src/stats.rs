@@ -16,6 +16,7 @@
 //! | `pipeline_source_lag`, `pipeline_source_pending` | gauge | `pipeline`, `stage` | a broker source's consumer lag and unacknowledged entries ([`Backlog`](crate::source::Backlog)) |
 //! | `pipeline_source_errors_total` | counter | `pipeline`, `stage` | failed pulls of a source |
 //! | `pipeline_restarts_total` | counter | `pipeline`, `stage` | stage restarts after a panic |
+//! | `pipeline_panics_total` | counter | `pipeline`, `stage` | panics of user code outside stage calls: predicates, key fns, `pull`, ack callbacks, `write` / `flush` |
 //! | `pipeline_retries_total`, `pipeline_timeouts_total`, `pipeline_panics_total`, ... | counter | `stage` | policy events; see [`policy`](crate::policy) |
 //! | `pipeline_breaker_state` | gauge | `stage` | 0 closed, 1 open, 2 half-open |
 //!
@@ -37,11 +38,16 @@ pub const IN_FLIGHT: &str = "pipeline_in_flight";
 pub const OVERFLOW_TOTAL: &str = "pipeline_overflow_total";
 /// Metric name: restarts of a stage after a panic.
 pub const RESTARTS_TOTAL: &str = "pipeline_restarts_total";
+/// Metric name: panics of user code outside stage calls (predicates, key fns, `pull`,
+/// ack callbacks, `write`/`flush`), per element. Stage calls count theirs under the same
+/// name with a `stage` label only (see [`policy`](crate::policy)).
+pub const PANICS_TOTAL: &str = "pipeline_panics_total";
 /// Metric name: failed pulls of a source.
 pub const SOURCE_ERRORS_TOTAL: &str = "pipeline_source_errors_total";
 
 /// What kind of element a stats row describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A source.
     Source,
@@ -67,6 +73,9 @@ pub(crate) struct Counters {
     pub(crate) filtered: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) restarts: AtomicU64,
+    /// Panics of user code this element called outside a stage call (a predicate, a key
+    /// fn, a source's `pull`, an ack callback, a sink's `write` or `flush`).
+    pub(crate) panics: AtomicU64,
     metrics: Metrics,
 }
 
@@ -79,6 +88,7 @@ struct Metrics {
     dead_lettered: Counter,
     dropped: Counter,
     restarts: Counter,
+    panics: Counter,
     in_flight: Gauge,
 }
 
@@ -95,6 +105,7 @@ impl Counters {
             filtered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
             metrics: Metrics {
                 received: labels("received"),
                 emitted: labels("emitted"),
@@ -103,6 +114,7 @@ impl Counters {
                 dead_lettered: labels("dead_lettered"),
                 dropped: labels("dropped"),
                 restarts: ::metrics::counter!(RESTARTS_TOTAL, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
+                panics: ::metrics::counter!(PANICS_TOTAL, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
                 in_flight: ::metrics::gauge!(IN_FLIGHT, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
             },
         }
@@ -155,6 +167,13 @@ impl Counters {
         if n > 0 {
             self.metrics.dropped.increment(n as u64);
         }
+    }
+
+    /// User code this element called panicked (`what`: `"predicate"`, `"pull"`, ...).
+    pub(crate) fn panicked(&self, what: &'static str, message: &str) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        self.metrics.panics.increment(1);
+        tracing::error!(element = %self.name, call = what, message, "user code panicked");
     }
 
     pub(crate) fn restarted(&self) {

@@ -149,8 +149,9 @@ async fn a_full_ingest_answers_try_send_with_full_and_send_waits() {
     let item = full.expect("the pipeline filled up");
     // The item came back with the error; `send` waits for room and then takes it.
     ingest.send(item).await.unwrap();
-    let outcome = ingest.send_and_wait(10_000).await.unwrap();
-    assert_eq!(outcome, Outcome::Delivered);
+    let settled = ingest.send_and_wait(10_000).await.unwrap();
+    assert_eq!(settled.outcome, Outcome::Delivered);
+    assert!(settled.reason.is_none());
     drop(ingest);
     let report = handle.join().await.unwrap();
     assert_eq!(report.emitted, item + 2);

@@ -11,12 +11,10 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
+use super::handle::DEFAULT_SHUTDOWN_DEADLINE;
 use super::runner::StageTask;
 use super::tasks::{self, SinkRole};
-use super::{Control, Core, DEFAULT_CAPACITY, MAX_BATCH, Row};
-use crate::ack::Ledger;
+use super::{Control, Core, DEFAULT_CAPACITY, MAX_BATCH, Row, Task};
 use crate::dead_letter::DeadLetter;
 use crate::edge::{EdgeRx, EdgeTx, edge};
 use crate::graph::Graph;
@@ -77,12 +75,7 @@ impl Pipeline {
     pub fn builder(name: impl Into<String>) -> PipelineBuilder {
         let (dead_tx, dead_rx) = edge("dead_letter", DEFAULT_CAPACITY, WhenFull::Block);
         let mut core = Core {
-            control: Arc::new(Control {
-                name: name.into(),
-                ledger: Arc::new(Ledger::default()),
-                stop: CancellationToken::new(),
-                failure: Mutex::new(None),
-            }),
+            control: Arc::new(Control::new(name.into(), DEFAULT_SHUTDOWN_DEADLINE)),
             tasks: Vec::new(),
             graph: Graph::default(),
             rows: Vec::new(),
@@ -181,7 +174,7 @@ impl std::fmt::Debug for PipelineBuilder {
 
 fn source_link<S: Source>(node: usize, source: S) -> Pending<S::Item> {
     Box::new(
-        move |core: &mut Core, _: StageOptions, tx: EdgeTx<S::Item>| {
+        move |core: &mut Core, settings: StageOptions, tx: EdgeTx<S::Item>| {
             let name = source.name().to_owned();
             core.graph.rename(node, &name);
             let counters = core.counters(&name, Kind::Source, 1);
@@ -193,10 +186,12 @@ fn source_link<S: Source>(node: usize, source: S) -> Pending<S::Item> {
             core.rows[node] = Some(row);
             let max = tx.capacity().min(MAX_BATCH);
             let control = Arc::clone(&core.control);
-            core.tasks.push((
+            let mut task = Task::new(
                 name,
-                Box::pin(tasks::source(source, tx, max, control, counters)),
-            ));
+                tasks::source(source, tx, max, settings.restart, control, counters),
+            );
+            task.source = true;
+            core.tasks.push(task);
             vec![node]
         },
     )
@@ -213,8 +208,14 @@ impl PipelineBuilder {
     /// [`PipelineHandle::ingest`](crate::PipelineHandle::ingest) hands out once spawned.
     /// The source ends when every handle is dropped (the pipeline's own included: it
     /// goes with the `PipelineHandle`) or at shutdown.
-    pub fn ingest<T: Send + 'static>(mut self, capacity: usize) -> Builder<T> {
-        let (ingest, source) = source::ingest::<T>(capacity);
+    ///
+    /// `options` is the buffer size or [`IngestOptions`](crate::source::IngestOptions)
+    /// with an admission bound (`max_in_flight`).
+    pub fn ingest<T: Send + 'static>(
+        mut self,
+        options: impl Into<source::IngestOptions>,
+    ) -> Builder<T> {
+        let (ingest, source) = source::ingest::<T>(options);
         self.core.ingest = Some(Box::new(ingest) as Box<dyn Any + Send + Sync>);
         self.source(source)
     }
@@ -323,7 +324,7 @@ impl<T: Send + 'static> Builder<T> {
                 counters,
                 control: Arc::clone(&core.control),
             };
-            core.tasks.push((name.to_string(), Box::pin(task.run(rx))));
+            core.tasks.push(Task::new(name.to_string(), task.run(rx)));
             vec![node]
         });
         Builder::new(core, pending)
@@ -381,7 +382,7 @@ impl<T: Send + 'static> Builder<T> {
             );
             let outputs: Vec<EdgeTx<T>> = take_slot(&branch_tx).into_iter().chain([tx]).collect();
             core.tasks
-                .push(("tee".into(), Box::pin(tasks::tee(rx, outputs, counters))));
+                .push(Task::new("tee", tasks::tee(rx, outputs, counters)));
             vec![node]
         });
         Builder::new(core, pending)
@@ -409,9 +410,9 @@ impl<T: Send + 'static> Builder<T> {
                 upstream,
             );
             if let Some(matched) = take_slot(&branch_tx) {
-                core.tasks.push((
-                    "route".into(),
-                    Box::pin(tasks::route(rx, pred, matched, tx, counters)),
+                core.tasks.push(Task::new(
+                    "route",
+                    tasks::route(rx, pred, matched, tx, counters),
                 ));
             }
             vec![node]
@@ -458,9 +459,9 @@ impl<T: Send + 'static> Builder<T> {
                 WhenFull::Block,
                 upstream,
             );
-            core.tasks.push((
-                "partition".into(),
-                Box::pin(tasks::partition(rx, key, txs, counters)),
+            core.tasks.push(Task::new(
+                "partition",
+                tasks::partition(rx, key, txs, counters),
             ));
             from
         });
@@ -483,8 +484,10 @@ impl<T: Send + 'static> Builder<T> {
                 settings.when_full.unwrap_or_default(),
                 upstream,
             );
-            core.tasks
-                .push((name, Box::pin(tasks::batch(rx, tx, size, within, counters))));
+            core.tasks.push(Task::new(
+                name,
+                tasks::batch(rx, tx, size, within, counters),
+            ));
             vec![node]
         });
         Builder::new(core, pending)
@@ -506,9 +509,9 @@ impl<T: Send + 'static> Builder<T> {
                 upstream,
             );
             let dead_tx = Some(core.dead_tx.clone());
-            core.tasks.push((
+            core.tasks.push(Task::new(
                 name,
-                Box::pin(tasks::sink(sink, rx, dead_tx, SinkRole::Output, counters)),
+                tasks::sink(sink, rx, dead_tx, SinkRole::Output, counters),
             ));
         });
         Ready {
@@ -676,6 +679,15 @@ impl Ready {
         self
     }
 
+    /// How long a stopping pipeline may drain before what is left is abandoned: after
+    /// [`PipelineHandle::shutdown`](crate::PipelineHandle::shutdown) and after a stage
+    /// failed the pipeline (`on_error = fail`, a restart limit, a failed start). Default
+    /// [`DEFAULT_SHUTDOWN_DEADLINE`] (30 s).
+    pub fn shutdown_deadline(self, deadline: Duration) -> Self {
+        self.core.control.deadline.set(deadline);
+        self
+    }
+
     /// Wires every element into tasks, ready to run.
     pub fn build(self) -> Pipeline {
         let Ready {
@@ -716,8 +728,8 @@ fn dead_letter_task<K: Sink<Item = DeadLetter>>(core: &mut Core, sink: K) {
     core.graph.rename(0, &name);
     let counters = core.counters(&name, Kind::DeadLetter, 1);
     core.rows[0] = Some(Row::new(Arc::clone(&counters), Some(rx.probe())));
-    core.tasks.push((
+    core.tasks.push(Task::new(
         name,
-        Box::pin(tasks::sink(sink, rx, None, SinkRole::DeadLetter, counters)),
+        tasks::sink(sink, rx, None, SinkRole::DeadLetter, counters),
     ));
 }

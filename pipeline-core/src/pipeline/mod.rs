@@ -8,9 +8,13 @@ mod runner;
 mod tasks;
 
 use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::Ledger;
@@ -20,7 +24,7 @@ use crate::graph::Graph;
 use crate::stats::Counters;
 
 pub use builder::{Builder, Pipeline, PipelineBuilder, Ready};
-pub use handle::{DEFAULT_SHUTDOWN_DEADLINE, Health, PipelineHandle};
+pub use handle::{DEFAULT_SHUTDOWN_DEADLINE, Health, PipelineControl, PipelineHandle};
 pub use report::{PipelineError, RunReport, StageFailure, StageStats, Stats};
 
 /// Items per message between tasks, at most. Batches are whatever is ready, never padded.
@@ -36,10 +40,39 @@ pub(crate) struct Control {
     pub(crate) ledger: Arc<Ledger>,
     /// Cancelled to stop the sources (shutdown, or a stage with `on_error = fail`).
     pub(crate) stop: CancellationToken,
+    /// Cancelled when the shutdown deadline has passed: sources stop at once and count
+    /// what they had accepted as `Abandoned`.
+    pub(crate) hard_stop: CancellationToken,
+    /// How long a stopping pipeline may drain.
+    pub(crate) deadline: handle::Deadline,
+    pub(crate) deadline_moved: Notify,
     pub(crate) failure: Mutex<Option<StageFailure>>,
 }
 
 impl Control {
+    pub(crate) fn new(name: String, deadline: Duration) -> Self {
+        Control {
+            ledger: Arc::new(Ledger::new(&name)),
+            name,
+            stop: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            deadline: handle::Deadline::new(deadline),
+            deadline_moved: Notify::new(),
+            failure: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn deadline(&self) -> Duration {
+        self.deadline.get()
+    }
+
+    /// Shortens the drain deadline (a longer one than the current is ignored).
+    pub(crate) fn shorten_deadline(&self, deadline: Duration) {
+        if self.deadline.shorten(deadline) {
+            self.deadline_moved.notify_waiters();
+        }
+    }
+
     /// Records why the pipeline must stop (the first reason wins) and stops the sources.
     pub(crate) fn fail(&self, stage: &str, error: String) {
         let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -80,7 +113,37 @@ impl Row {
     }
 }
 
-pub(crate) type Task = (String, BoxFuture<'static, ()>);
+/// One task of the pipeline.
+pub(crate) struct Task {
+    pub(crate) name: String,
+    pub(crate) run: BoxFuture<'static, ()>,
+    /// Sources end through `Control::hard_stop` instead of being aborted.
+    pub(crate) source: bool,
+}
+
+impl Task {
+    pub(crate) fn new(
+        name: impl Into<String>,
+        run: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Task {
+            name: name.into(),
+            run: Box::pin(run),
+            source: false,
+        }
+    }
+}
+
+/// The backstop around every task: user code the task calls is guarded where it is
+/// called, so a panic reaching this far is one nobody foresaw. The task's items are then
+/// marked `Abandoned` as they unwind (every batch does that when dropped), and the
+/// pipeline stops with a failure naming the element, never as a clean end.
+pub(crate) async fn guard(name: String, run: BoxFuture<'static, ()>, control: Arc<Control>) {
+    if let Err(payload) = AssertUnwindSafe(run).catch_unwind().await {
+        let panic = crate::policy::Panicked::from_payload(&*payload);
+        control.fail(&name, format!("panicked: {}", panic.message()));
+    }
+}
 
 /// The pipeline under construction.
 pub(crate) struct Core {

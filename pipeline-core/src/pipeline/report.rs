@@ -13,7 +13,7 @@ use crate::stats::Kind;
 /// What a finished run did. The outcome counts are in **source items** and form the
 /// conservation ledger: `emitted == delivered + filtered + dropped + dead_lettered +
 /// failed + abandoned` ([`is_balanced`](Self::is_balanced)).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct RunReport {
     /// The pipeline's name.
@@ -32,7 +32,8 @@ pub struct RunReport {
     pub failed: u64,
     /// Still in flight when a shutdown deadline passed.
     pub abandoned: u64,
-    /// Wall time from spawn to the end.
+    /// Wall time from spawn to the end (seconds, a float, in JSON).
+    #[serde(with = "crate::wire::secs")]
     pub elapsed: Duration,
     /// Per-element counters at the end.
     pub stages: Vec<StageStats>,
@@ -109,7 +110,7 @@ impl fmt::Display for RunReport {
 }
 
 /// The stage that stopped a pipeline, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StageFailure {
     /// The stage's name.
     pub stage: String,
@@ -136,10 +137,11 @@ pub struct PipelineError {
 
 /// A live snapshot of a running pipeline, from
 /// [`PipelineHandle::stats`](crate::PipelineHandle::stats).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Time since the pipeline started.
+    /// Time since the pipeline started (seconds, a float, in JSON).
+    #[serde(with = "crate::wire::secs")]
     pub uptime: Duration,
     /// Source items emitted so far.
     pub emitted: u64,
@@ -159,7 +161,7 @@ impl Stats {
 }
 
 /// One element's numbers in a [`Stats`] snapshot.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct StageStats {
     /// The element's name.
@@ -197,24 +199,11 @@ pub struct StageStats {
     /// Restarts after a panic.
     pub restarts: u64,
     /// The circuit breaker's state, if the stage has one.
-    #[serde(serialize_with = "breaker_name")]
     pub breaker: Option<BreakerState>,
     /// A broker source's consumer lag (entries not yet delivered), if it reports one.
     pub lag: Option<u64>,
     /// A broker source's delivered but unacknowledged entries, if it reports them.
     pub pending: Option<u64>,
-}
-
-fn breaker_name<S: serde::Serializer>(
-    state: &Option<BreakerState>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match state {
-        None => s.serialize_none(),
-        Some(BreakerState::Closed) => s.serialize_str("closed"),
-        Some(BreakerState::Open) => s.serialize_str("open"),
-        Some(BreakerState::HalfOpen) => s.serialize_str("half_open"),
-    }
 }
 
 pub(crate) fn snapshot(control: &Control, rows: &[Row], uptime: Duration) -> Stats {
@@ -261,7 +250,7 @@ fn stage_stats(row: &Row, uptime: Duration) -> StageStats {
         },
         retries: policy.retries,
         timeouts: policy.timeouts,
-        panics: policy.panics,
+        panics: policy.panics + c.panics.load(Ordering::Relaxed),
         restarts: c.restarts.load(Ordering::Relaxed),
         breaker: row.breaker.as_ref().map(|b| b.state()),
         lag: row.backlog.as_ref().and_then(|b| b.lag()),

@@ -372,6 +372,7 @@ impl<S: Stage> Results<'_, S> {
         self.tally.errors += 1;
         let task = self.task;
         let text = chain(error);
+        origin.note(idx, &task.name, &text);
         match task.on_error {
             OnError::DeadLetter => {
                 self.tally.dead_lettered += 1;

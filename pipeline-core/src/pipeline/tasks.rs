@@ -10,31 +10,77 @@ use std::time::Duration;
 
 use super::runner::Outbox;
 use super::{Control, MAX_BATCH};
-use crate::ack::{Origin, Outcome};
+use crate::ack::{Origin, Outcome, PanicHook};
 use crate::dead_letter::DeadLetter;
 use crate::edge::{EdgeRx, EdgeTx};
 use crate::envelope::Batch;
 use crate::error::{Message, chain};
+use crate::options::RestartOptions;
 use crate::policy::Panicked;
 use crate::sink::{Sink, WriteError};
 use crate::source::Source;
 use crate::stats::{Counters, SOURCE_ERRORS_TOTAL};
+use crate::supervise::{Supervisor, Verdict};
 
-/// Pulls from a source until it ends or the pipeline stops.
+/// Pulls from a source until it ends or the pipeline stops; at the end, whatever the
+/// source still holds ([`Source::drain`]) is counted `Abandoned`.
 pub(crate) async fn source<S: Source>(
     mut source: S,
     tx: EdgeTx<S::Item>,
     max: usize,
+    restart: Option<RestartOptions>,
     control: Arc<Control>,
     counters: Arc<Counters>,
+) {
+    // A panicking ack callback is counted on this source.
+    let ack_panics: PanicHook = {
+        let counters = Arc::clone(&counters);
+        Arc::new(move |message: &str| counters.panicked("ack", message))
+    };
+    // Sources restart after a panicking `pull` only when asked to.
+    let mut supervisor = restart.map(|r| Supervisor::new(Some(r)));
+    let hard_stop = control.hard_stop.clone();
+    tokio::select! {
+        biased;
+        () = hard_stop.cancelled() => {}
+        () = pull_loop(&mut source, &tx, max, &control, &counters, &ack_panics, &mut supervisor) => {}
+    }
+    let drained = AssertUnwindSafe(|| source.drain());
+    match std::panic::catch_unwind(drained) {
+        Ok(Some(pulled)) => {
+            let n = pulled.items.len();
+            if n > 0 {
+                tracing::warn!(source = %counters.name, items = n, "accepted items abandoned at shutdown");
+            }
+            let ack = pulled.ack.map(|a| a.on_panic(&ack_panics));
+            let origin = Origin::root(n, &control.ledger, ack);
+            Batch::new(pulled.items, origin).finish_all(Outcome::Abandoned);
+        }
+        Ok(None) => {}
+        Err(payload) => counters.panicked("drain", &crate::error::panic_message(&*payload)),
+    }
+}
+
+async fn pull_loop<S: Source>(
+    source: &mut S,
+    tx: &EdgeTx<S::Item>,
+    max: usize,
+    control: &Control,
+    counters: &Counters,
+    ack_panics: &PanicHook,
+    supervisor: &mut Option<Supervisor>,
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut stopping = false;
     loop {
         // A source that is always ready must still let the other tasks of its worker run.
         tokio::task::consume_budget().await;
+        // Pull no more than the edge can take now: a broker source reads what
+        // downstream has credit for.
+        let room = tx.room().await.min(max).max(1);
+        let pull = AssertUnwindSafe(source.pull(room)).catch_unwind();
         let pulled = if stopping {
-            source.pull(max).await
+            pull.await
         } else {
             tokio::select! {
                 biased;
@@ -45,14 +91,36 @@ pub(crate) async fn source<S: Source>(
                     stopping = true;
                     continue;
                 }
-                pulled = source.pull(max) => pulled,
+                pulled = pull => pulled,
+            }
+        };
+        let pulled = match pulled {
+            Ok(pulled) => pulled,
+            Err(payload) => {
+                let message = crate::error::panic_message(&*payload);
+                counters.panicked("pull", &message);
+                match supervisor
+                    .as_mut()
+                    .map(|s| s.on_panic(tokio::time::Instant::now()))
+                {
+                    Some(Verdict::Restart(after)) => {
+                        counters.restarted();
+                        tokio::time::sleep(after).await;
+                        continue;
+                    }
+                    _ => {
+                        control.fail(&counters.name, format!("source panicked: {message}"));
+                        break;
+                    }
+                }
             }
         };
         match pulled {
             Ok(Some(pulled)) => {
                 backoff = Duration::from_millis(100);
                 let n = pulled.items.len();
-                let origin = Origin::root(n, &control.ledger, pulled.ack);
+                let ack = pulled.ack.map(|a| a.on_panic(ack_panics));
+                let origin = Origin::root(n, &control.ledger, ack);
                 counters.received(n);
                 tx.send(Batch::new(pulled.items, origin)).await;
                 counters.emitted(n);
@@ -122,6 +190,7 @@ pub(crate) async fn sink<K: Sink>(
                 counters.errors(failed.len());
                 counters.emitted(n - failed.len());
                 let text = chain(&*error);
+                claim.note(&failed, &counters.name, &text);
                 match (role, &dead_tx) {
                     (SinkRole::Output, Some(dead_tx)) => {
                         tracing::warn!(sink = %counters.name, items = failed.len(), error = %text, "write failed; items dead-lettered");

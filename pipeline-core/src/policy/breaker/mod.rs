@@ -27,8 +27,10 @@ use window::{FAILED, SLOW, SlidingWindow, Totals};
 
 pub use wrapper::Breaker;
 
-/// The state of a [`CircuitBreaker`]. As a gauge (`pipeline_breaker_state`): 0, 1, 2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The state of a [`CircuitBreaker`]. As a gauge (`pipeline_breaker_state`): 0, 1, 2; in
+/// JSON `"closed"`, `"open"`, `"half_open"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Calls pass and are recorded.
     Closed = 0,
