@@ -94,8 +94,8 @@ pub use dead_letter::DeadLetter;
 pub use error::BoxError;
 pub use options::{OnError, StageOptions, WhenFull};
 pub use pipeline::{
-    Builder, DEFAULT_SHUTDOWN_DEADLINE, Health, Pipeline, PipelineBuilder, PipelineError,
-    PipelineHandle, Ready, RunReport, StageFailure, StageStats, Stats,
+    Builder, DEFAULT_SHUTDOWN_DEADLINE, Health, Pipeline, PipelineBuilder, PipelineControl,
+    PipelineError, PipelineHandle, Ready, RunReport, StageFailure, StageStats, Stats,
 };
 #[cfg(feature = "macros")]
 pub use pipeline_macros::stage;

@@ -1,0 +1,435 @@
+//! Issue 8 and 9: the promises hold wherever user code runs and whoever stops the
+//! pipeline. Each test names the break it would have caught on the earlier main.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use pipeline_core::ack::Ack;
+use pipeline_core::options::{OnError, RestartOptions};
+use pipeline_core::prelude::*;
+use pipeline_core::sink::{Sink, WriteError};
+use pipeline_core::source::{IngestOptions, Pulled, Source, TrySendError};
+use pipeline_core::{Health, PipelineControl, Stats};
+
+/// A sink that never finishes a write: everything upstream of it stalls.
+struct Stalled;
+
+impl Sink for Stalled {
+    type Item = u64;
+    async fn write(&mut self, _items: &mut Vec<u64>) -> Result<(), WriteError> {
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_shutdown_counts_every_accepted_item() {
+    // Before: with a stalled sink and 64 accepted, the report said 5 emitted.
+    let handle = Pipeline::builder("accepted")
+        .ingest::<u64>(64)
+        .sink(Stalled)
+        .buffer(1)
+        .spawn();
+    let ingest = handle.ingest::<u64>().unwrap();
+    let mut accepted = 0;
+    for n in 0..10_000u64 {
+        match ingest.try_send(n) {
+            Ok(()) => accepted += 1,
+            Err(TrySendError::Full(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(accepted >= 64, "{accepted}");
+    let report = handle
+        .shutdown_within(Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(report.emitted, accepted);
+    assert_eq!(report.abandoned, accepted, "{report}");
+    assert!(report.is_balanced());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_send_and_wait_caller_is_answered_and_counted() {
+    // Before: 10k callers were told `Abandoned` 512 more times than the report counted.
+    let handle = Pipeline::builder("waiters")
+        .ingest::<u64>(256)
+        .sink(Stalled)
+        .buffer(1)
+        .spawn();
+    let ingest = handle.ingest::<u64>().unwrap();
+    let mut callers = Vec::new();
+    for n in 0..2_000u64 {
+        let ingest = ingest.clone();
+        callers.push(tokio::spawn(async move { ingest.send_and_wait(n).await }));
+    }
+    drop(ingest);
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let report = handle
+        .shutdown_within(Duration::from_millis(10))
+        .await
+        .unwrap();
+    let mut told_abandoned = 0;
+    let mut refused = 0;
+    for caller in callers {
+        match caller.await.unwrap() {
+            Ok(settled) => {
+                assert_eq!(settled.outcome, Outcome::Abandoned);
+                told_abandoned += 1;
+            }
+            Err(_closed) => refused += 1,
+        }
+    }
+    assert_eq!(told_abandoned + refused, 2_000);
+    assert_eq!(report.abandoned, told_abandoned, "{report}");
+    assert_eq!(report.emitted, told_abandoned);
+    assert!(report.is_balanced());
+}
+
+fn fatal(n: u64) -> Result<u64, std::io::Error> {
+    if n == 3 {
+        Err(std::io::Error::other("fatal"))
+    } else {
+        Ok(n)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_error_fail_with_a_stalled_sink_returns_within_the_deadline() {
+    // Before: run() never returned.
+    let start = tokio::time::Instant::now();
+    let err = Pipeline::builder("fatal")
+        .source(source::iter(0..10_000u64))
+        .stage(stage::map_fn("check", |n: u64| async move { fatal(n) }))
+        .on_error(OnError::Fail)
+        .sink(Stalled)
+        .shutdown_deadline(Duration::from_secs(5))
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure.stage, "check");
+    assert!(
+        start.elapsed() <= Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.report.is_balanced(), "{}", err.report);
+    assert!(err.report.failed >= 1);
+    assert!(err.report.abandoned > 0);
+}
+
+/// Panics on every call: each item costs a restart.
+struct AlwaysPanics;
+
+impl Stage for AlwaysPanics {
+    type In = u64;
+    type Output = u64;
+    type Shape = Map;
+    type Error = Infallible;
+    async fn call(&self, n: u64, _cx: &Context) -> Result<u64, Infallible> {
+        if n < u64::MAX {
+            panic!("always {n}");
+        }
+        Ok(n)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_escalation_with_a_stalled_sink_returns_within_the_deadline() {
+    quiet_panics();
+    let err = Pipeline::builder("escalate")
+        .source(source::iter(0..10_000u64))
+        .stage(AlwaysPanics)
+        .name("bomb")
+        .restart(RestartOptions::new(2, Duration::from_secs(60)))
+        .sink(Stalled)
+        .shutdown_deadline(Duration::from_secs(1))
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure.stage, "bomb");
+    assert!(
+        err.failure.error.contains("restart limit"),
+        "{}",
+        err.failure
+    );
+    assert!(err.report.is_balanced(), "{}", err.report);
+}
+
+/// Emits 0..limit in batches of 10, then panics in `pull`.
+struct PanicsAt(u64, u64);
+
+impl Source for PanicsAt {
+    type Item = u64;
+    async fn pull(&mut self, _max: usize) -> Result<Option<Pulled<u64>>, BoxError> {
+        if self.0 >= self.1 {
+            panic!("source gave up at {}", self.0);
+        }
+        let items: Vec<u64> = (self.0..self.0 + 10).collect();
+        self.0 += 10;
+        Ok(Some(Pulled::new(items)))
+    }
+    fn name(&self) -> &str {
+        "flaky"
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_pull_ends_the_run_with_a_failure_naming_the_source() {
+    // Before: run() returned Ok with a clean end.
+    quiet_panics();
+    let (sink, out) = sink::collect();
+    let err = Pipeline::builder("pull")
+        .source(PanicsAt(0, 50))
+        .sink(sink)
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure.stage, "flaky");
+    assert!(err.failure.error.contains("source gave up at 50"));
+    assert_eq!(out.len(), 50);
+    assert_eq!(err.report.delivered, 50);
+    assert!(err.report.is_balanced());
+    assert_eq!(err.report.stage("flaky").unwrap().panics, 1);
+}
+
+/// Emits two batches whose ack callback panics on the first.
+struct PanickyAck(u64);
+
+impl Source for PanickyAck {
+    type Item = u64;
+    async fn pull(&mut self, _max: usize) -> Result<Option<Pulled<u64>>, BoxError> {
+        self.0 += 1;
+        match self.0 {
+            1 => Ok(Some(Pulled::with_ack(
+                vec![1, 2],
+                Ack::new(|_: &[Outcome]| panic!("ack callback broke")),
+            ))),
+            2 => Ok(Some(Pulled::new(vec![3]))),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_ack_callback_is_counted_and_the_outcomes_stand() {
+    // Before: the panic ran inline in the sink's task and killed it.
+    quiet_panics();
+    let (sink, out) = sink::collect();
+    let report = Pipeline::builder("ack")
+        .source(PanickyAck(0))
+        .sink(sink)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(out.take(), vec![1, 2, 3]);
+    assert_eq!(report.delivered, 3);
+    assert_eq!(report.stage("source").unwrap().panics, 1);
+}
+
+/// A stage whose start fails.
+struct NoStart;
+
+impl Stage for NoStart {
+    type In = u64;
+    type Output = u64;
+    type Shape = Map;
+    type Error = Infallible;
+    async fn call(&self, n: u64, _cx: &Context) -> Result<u64, Infallible> {
+        Ok(n)
+    }
+    async fn on_start(&self) -> Result<(), BoxError> {
+        Err("database unreachable".into())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_stops_the_pipeline_naming_the_stage() {
+    let err = Pipeline::builder("start")
+        .source(source::iter(0..100u64))
+        .stage(NoStart)
+        .name("db")
+        .sink(sink::collect().0)
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure.stage, "db");
+    assert!(err.failure.error.contains("database unreachable"));
+    assert_eq!(err.report.delivered, 0);
+    assert!(err.report.is_balanced(), "{}", err.report);
+}
+
+#[tokio::test(start_paused = true)]
+async fn admission_refuses_once_the_pipeline_holds_max_in_flight() {
+    // Before: with ingest(64), ~3,000 events were accepted before `Full`.
+    let handle = Pipeline::builder("admission")
+        .ingest::<u64>(IngestOptions::buffer(64).max_in_flight(64))
+        .stage(stage::map_fn("id", |n: u64| async move {
+            Ok::<_, Infallible>(n)
+        }))
+        .sink(Stalled)
+        .spawn();
+    let ingest = handle.ingest::<u64>().unwrap();
+    let mut accepted = 0u64;
+    for n in 0..5_000u64 {
+        match ingest.try_send(n) {
+            Ok(()) => accepted += 1,
+            Err(TrySendError::Full(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(accepted, 64);
+    assert_eq!(ingest.in_flight(), Some(64));
+    let report = handle
+        .shutdown_within(Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(report.emitted, 64);
+    assert!(report.is_balanced());
+    // Every slot came back with the outcomes.
+    assert_eq!(ingest.in_flight(), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn admission_slots_come_back_as_items_finish() {
+    let handle = Pipeline::builder("flow")
+        .ingest::<u64>(IngestOptions::buffer(8).max_in_flight(4))
+        .sink(sink::collect().0)
+        .spawn();
+    let ingest = handle.ingest::<u64>().unwrap();
+    for n in 0..1_000u64 {
+        ingest.send(n).await.unwrap();
+        assert!(ingest.in_flight().unwrap() <= 4);
+    }
+    drop(ingest);
+    let report = handle.join().await.unwrap();
+    assert_eq!(report.delivered, 1_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_and_wait_says_which_stage_failed_and_why() {
+    let (dead, letters) = sink::collect();
+    let handle = Pipeline::builder("why")
+        .ingest::<String>(16)
+        .stage(stage::map_fn("parse", |s: String| async move {
+            s.parse::<u64>()
+        }))
+        .sink(sink::collect().0)
+        .dead_letter(dead)
+        .spawn();
+    let ingest = handle.ingest::<String>().unwrap();
+    let good = ingest.send_and_wait("12".into()).await.unwrap();
+    assert_eq!(good.outcome, Outcome::Delivered);
+    assert!(good.reason.is_none());
+    let bad = ingest.send_and_wait("x".into()).await.unwrap();
+    assert_eq!(bad.outcome, Outcome::DeadLettered);
+    let reason = bad.reason.unwrap();
+    assert_eq!(reason.stage, "parse");
+    assert_eq!(reason.error, "invalid digit found in string");
+    drop(ingest);
+    handle.join().await.unwrap();
+    assert_eq!(letters.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_control_view_is_shared_and_stops_the_pipeline() {
+    fn assert_shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+    let handle = Pipeline::builder("view")
+        .ingest::<u64>(16)
+        .sink(sink::collect().0)
+        .spawn();
+    let control: PipelineControl = handle.control();
+    assert_shareable(&control);
+    let ingest = handle.ingest::<u64>().unwrap();
+    ingest.send(1).await.unwrap();
+    let watcher = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            control.finished().await;
+            control.health()
+        })
+    };
+    assert_eq!(control.health(), Health::Running);
+    control.shutdown();
+    let report = handle.join().await.unwrap();
+    assert_eq!(report.delivered, 1);
+    assert_eq!(watcher.await.unwrap(), Health::Finished);
+    assert!(control.is_finished());
+    // The ingest handle kept by the caller no longer feeds anything.
+    assert!(ingest.send(2).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_and_reports_read_back_from_json() {
+    let (dead, _letters) = sink::collect();
+    let run = Pipeline::builder("json")
+        .source(source::iter(["1".to_string(), "x".to_string()]))
+        .stage(stage::map_fn("parse", |s: String| async move {
+            s.parse::<u64>()
+        }))
+        .sink(sink::collect().0)
+        .dead_letter(dead)
+        .run()
+        .await
+        .unwrap();
+    let json = serde_json::to_value(&run).unwrap();
+    assert!(json["elapsed"].is_f64(), "{json}");
+    assert_eq!(json["stages"][0]["kind"], "dead_letter");
+    let back: RunReport = serde_json::from_value(json).unwrap();
+    assert_eq!(back.dead_lettered, 1);
+    assert_eq!(
+        serde_json::to_value(Outcome::DeadLettered).unwrap(),
+        "dead_lettered"
+    );
+    let outcome: Outcome = serde_json::from_str("\"dead_lettered\"").unwrap();
+    assert_eq!(outcome.to_string(), "dead_lettered");
+    let handle = Pipeline::builder("live")
+        .source(source::iter(0..10u64))
+        .sink(sink::collect().0)
+        .spawn();
+    let stats: Stats = handle.stats();
+    let read: Stats = serde_json::from_str(&serde_json::to_string(&stats).unwrap()).unwrap();
+    assert_eq!(read.stages.len(), stats.stages.len());
+    assert_eq!(read.stages[1].name, "iter");
+    handle.join().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_letters_serialize_times_as_rfc3339() {
+    let (dead, letters) = sink::collect();
+    Pipeline::builder("dl")
+        .source(source::iter(["x".to_string()]))
+        .stage(stage::map_fn("parse", |s: String| async move {
+            s.parse::<u64>()
+        }))
+        .sink(sink::collect().0)
+        .dead_letter(dead)
+        .run()
+        .await
+        .unwrap();
+    let letter = letters.take().remove(0);
+    let json = serde_json::to_value(&letter).unwrap();
+    let text = json["first_failure"].as_str().unwrap();
+    assert!(text.ends_with('Z') && text.contains('T'), "{text}");
+    let back: pipeline_core::DeadLetter = serde_json::from_value(json).unwrap();
+    assert_eq!(back, letter);
+}
+
+/// Keeps the test output free of the panics these tests inject.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info.to_string();
+            if !(text.contains("always") || text.contains("gave up") || text.contains("broke")) {
+                default(info);
+            }
+        }));
+    });
+}
