@@ -249,13 +249,17 @@ pub(crate) struct Claim {
 
 impl Claim {
     /// The items at `positions` (in the batch given to the sink) leave as a batch of
-    /// `record`s for the dead-letter sink; the rest are delivered.
-    pub(crate) fn split_failed<R: Clone>(mut self, positions: &[usize], record: &R) -> Batch<R> {
+    /// records for the dead-letter sink, `record(position)` each; the rest are delivered.
+    pub(crate) fn split_failed<R>(
+        mut self,
+        positions: &[usize],
+        mut record: impl FnMut(usize) -> R,
+    ) -> Batch<R> {
         let mut failed = Batch::empty(Arc::clone(&self.origin), positions.len());
         let mut taken = 0;
         for &p in positions {
             if let Some(&i) = self.idx.get(p) {
-                failed.push(i, record.clone());
+                failed.push(i, record(p));
                 taken += 1;
             }
         }

@@ -6,6 +6,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
@@ -13,13 +16,18 @@ use tokio::sync::mpsc;
 use crate::error::{BoxError, Message};
 
 /// A failed write. `failed` names the positions in the batch that did not make it
-/// (`None`: all of them); the rest count as delivered.
+/// (`None`: all of them); the rest count as delivered. Each failed item gets its own
+/// dead letter.
 #[derive(Debug)]
 pub struct WriteError {
     /// What went wrong.
     pub error: BoxError,
     /// Positions of the failed items in the batch given to `write`; `None` = every item.
     pub failed: Option<Vec<usize>>,
+    /// The items as their dead letters show them, by position (see [`show_items_as_json`]).
+    shown: Vec<Option<serde_json::Value>>,
+    /// The write panicked with this message (caught below the runtime, by a wrapper).
+    pub(crate) panic: Option<String>,
 }
 
 impl WriteError {
@@ -28,6 +36,8 @@ impl WriteError {
         WriteError {
             error: error.into(),
             failed: None,
+            shown: Vec::new(),
+            panic: None,
         }
     }
 
@@ -36,7 +46,14 @@ impl WriteError {
         WriteError {
             error: error.into(),
             failed: Some(positions),
+            shown: Vec::new(),
+            panic: None,
         }
+    }
+
+    /// How the dead letter of the item at `position` shows it, if the sink shows items.
+    pub(crate) fn shown(&mut self, position: usize) -> Option<serde_json::Value> {
+        self.shown.get_mut(position).and_then(Option::take)
     }
 }
 
@@ -57,9 +74,11 @@ impl std::error::Error for WriteError {
 
 /// Consumes items in batches. A batch is whatever is ready, never padded by waiting.
 ///
-/// An item counts as `Delivered` once `write` returned `Ok` for its batch; items named
-/// in a [`WriteError`] go to the stage's `on_error` path (dead letter by default).
-/// [`flush`](Sink::flush) runs once when the input ends, before the pipeline reports.
+/// An item counts as `Delivered` once `write` returned `Ok` for its batch; each item named
+/// in a [`WriteError`] is dead-lettered (one record per item; with the item itself when
+/// the sink is wrapped in [`show_items_as_json`]). A `write` that panics fails its whole
+/// batch the same way. [`flush`](Sink::flush) runs once when the input ends, before the
+/// pipeline reports; a flush that fails (or panics) is a failure in the report.
 ///
 /// # Examples
 ///
@@ -99,6 +118,100 @@ pub trait Sink: Send + 'static {
     /// A name for metrics and the topology graph.
     fn name(&self) -> &str {
         "sink"
+    }
+}
+
+/// A sink whose failed writes dead-letter each failed item with the item as JSON, so the
+/// rows can be replayed. It keeps a copy of each batch while it is written (one clone
+/// per item).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use pipeline_core::prelude::*;
+/// use pipeline_core::sink::{Sink, WriteError};
+///
+/// /// Refuses odd numbers.
+/// struct Evens;
+/// impl Sink for Evens {
+///     type Item = u64;
+///     async fn write(&mut self, items: &mut Vec<u64>) -> Result<(), WriteError> {
+///         let odd: Vec<usize> = (0..items.len()).filter(|&i| items[i] % 2 == 1).collect();
+///         items.clear();
+///         if odd.is_empty() { Ok(()) } else { Err(WriteError::partial("odd", odd)) }
+///     }
+/// }
+///
+/// let (dead, letters) = sink::collect();
+/// Pipeline::builder("rows")
+///     .source(source::iter([2u64, 3, 4]))
+///     .sink(sink::show_items_as_json(Evens))
+///     .dead_letter(dead)
+///     .run()
+///     .await
+///     .unwrap();
+/// let letters = letters.take();
+/// assert_eq!(letters.len(), 1);
+/// assert_eq!(letters[0].item, Some(serde_json::json!(3)));
+/// # }
+/// ```
+pub fn show_items_as_json<K>(sink: K) -> ShowItems<K>
+where
+    K: Sink,
+    K::Item: Serialize + Clone,
+{
+    ShowItems {
+        sink,
+        copy: Vec::new(),
+    }
+}
+
+/// See [`show_items_as_json`].
+#[derive(Debug)]
+pub struct ShowItems<K: Sink> {
+    sink: K,
+    copy: Vec<K::Item>,
+}
+
+impl<K> Sink for ShowItems<K>
+where
+    K: Sink,
+    K::Item: Serialize + Clone,
+{
+    type Item = K::Item;
+
+    async fn write(&mut self, items: &mut Vec<K::Item>) -> Result<(), WriteError> {
+        self.copy.clear();
+        self.copy.extend_from_slice(items);
+        // Caught here, not only by the runtime, so that a panicking write still shows
+        // its rows.
+        let written = AssertUnwindSafe(self.sink.write(items))
+            .catch_unwind()
+            .await;
+        let written = written.unwrap_or_else(|payload| {
+            let message = crate::error::panic_message(&*payload);
+            let mut e = WriteError::all(Message(format!("sink panicked: {message}")));
+            e.panic = Some(message);
+            Err(e)
+        });
+        written.map_err(|mut e| {
+            let n = self.copy.len();
+            let failed = e.failed.clone().unwrap_or_else(|| (0..n).collect());
+            e.shown = vec![None; n];
+            for p in failed {
+                if let (Some(slot), Some(item)) = (e.shown.get_mut(p), self.copy.get(p)) {
+                    *slot = serde_json::to_value(item).ok();
+                }
+            }
+            e
+        })
+    }
+
+    fn flush(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.sink.flush()
+    }
+
+    fn name(&self) -> &str {
+        self.sink.name()
     }
 }
 

@@ -433,3 +433,228 @@ fn quiet_panics() {
         }));
     });
 }
+
+/// Emits `0..n` as its flat-map children, panicking when it reaches `at` (lazily, while
+/// the runtime pulls the children).
+struct Children {
+    n: u64,
+    at: u64,
+}
+
+impl Iterator for Children {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        if self.n == 0 {
+            return None;
+        }
+        self.n -= 1;
+        if self.n == self.at {
+            panic!("always: iterator at {}", self.at);
+        }
+        Some(self.n)
+    }
+}
+
+/// A sink that panics on the batch holding `bad`, and in `flush` when asked.
+struct Brittle {
+    bad: u64,
+    flush_panics: bool,
+}
+
+impl Sink for Brittle {
+    type Item = u64;
+    async fn write(&mut self, items: &mut Vec<u64>) -> Result<(), WriteError> {
+        if items.contains(&self.bad) {
+            panic!("always: write of {}", self.bad);
+        }
+        items.clear();
+        Ok(())
+    }
+    async fn flush(&mut self) -> Result<(), BoxError> {
+        if self.flush_panics {
+            panic!("always: flush");
+        }
+        Ok(())
+    }
+}
+
+/// A dead-letter sink that panics.
+struct BrokenDeadLetters;
+
+impl Sink for BrokenDeadLetters {
+    type Item = pipeline_core::DeadLetter;
+    async fn write(&mut self, _: &mut Vec<pipeline_core::DeadLetter>) -> Result<(), WriteError> {
+        panic!("always: dead-letter sink");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_at_every_user_call_site_costs_its_item_or_batch_only() {
+    // One pipeline, a panic planted at each place the runtime calls user code on the item
+    // path: the stage call, a flat-map iterator (first child and later), a route
+    // predicate, a partition key fn, a sink write. Every other item is delivered, the
+    // ledger balances, and each element names its panic.
+    quiet_panics();
+    let (dead, letters) = sink::collect();
+    let (sink, out) = sink::collect::<u64>();
+    let control_seen;
+    let handle = Pipeline::builder("everywhere")
+        .source(source::iter(0..200u64))
+        .stage(stage::map_fn("call", |n: u64| async move {
+            if n == 10 {
+                panic!("always: call {n}");
+            }
+            Ok::<_, Infallible>(n)
+        }))
+        .stage(stage::flat_map_fn("expand", |n: u64| async move {
+            // Item 20 panics on its first child, item 30 on its third.
+            let at = match n {
+                20 => 1,
+                30 => 0,
+                _ => u64::MAX,
+            };
+            Ok::<_, Infallible>(
+                Children {
+                    n: if n == 20 || n == 30 { 3 } else { 1 },
+                    at,
+                }
+                .map(move |_| n),
+            )
+        }))
+        .route(
+            |n: &u64| {
+                if *n == 40 {
+                    panic!("always: predicate {n}");
+                }
+                n % 2 == 0
+            },
+            |b| b.sink(sink::collect::<u64>().0).name("evens"),
+        )
+        .partition_by(
+            2,
+            |n: &u64| {
+                if *n == 51 {
+                    panic!("always: key {n}");
+                }
+                *n
+            },
+            |lane| lane,
+        )
+        .sink(sink)
+        .dead_letter(dead)
+        .spawn();
+    control_seen = handle.control();
+    let report = handle.join().await.unwrap();
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(control_seen.health(), Health::Finished);
+    let mut stages: Vec<String> = letters.take().into_iter().map(|l| l.stage).collect();
+    stages.sort();
+    assert_eq!(stages, ["call", "expand", "expand", "partition", "route"]);
+    // 200 items: 5 dead-lettered; item 30's first two children were emitted and
+    // delivered before its iterator panicked, so it is dead-lettered (worst wins).
+    assert_eq!(report.dead_lettered, 5);
+    assert_eq!(report.delivered, 195);
+    let odd_delivered = out.take();
+    assert!(odd_delivered.iter().all(|n| n % 2 == 1));
+    assert!(!odd_delivered.contains(&51));
+    for (element, panics) in [("call", 1), ("expand", 2), ("route", 1), ("partition", 1)] {
+        assert_eq!(report.stage(element).unwrap().panics, panics, "{element}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_sink_write_dead_letters_that_batch_with_its_rows() {
+    quiet_panics();
+    let (dead, letters) = sink::collect();
+    let report = Pipeline::builder("write")
+        .source(source::iter(0..10u64))
+        .sink(sink::show_items_as_json(Brittle {
+            bad: 4,
+            flush_panics: false,
+        }))
+        .buffer(1)
+        .dead_letter(dead)
+        .run()
+        .await
+        .unwrap();
+    let letters = letters.take();
+    assert_eq!(letters.len() as u64, report.dead_lettered);
+    assert!(letters.iter().any(|l| l.item == Some(serde_json::json!(4))));
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.item.is_some() && l.error.contains("write of 4"))
+    );
+    assert_eq!(report.delivered + report.dead_lettered, 10);
+    assert!(report.is_balanced());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_flush_is_a_failure_in_the_report() {
+    quiet_panics();
+    let err = Pipeline::builder("flush")
+        .source(source::iter(0..10u64))
+        .sink(Brittle {
+            bad: u64::MAX,
+            flush_panics: true,
+        })
+        .name("db")
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure.stage, "db");
+    assert!(err.failure.error.contains("flush"), "{}", err.failure);
+    assert_eq!(err.report.delivered, 10);
+    assert!(err.report.is_balanced());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_dead_letter_sink_fails_the_items_and_nothing_else() {
+    quiet_panics();
+    let (sink, out) = sink::collect();
+    let report = Pipeline::builder("dlq")
+        .source(source::iter(["1", "x", "2"].map(String::from)))
+        .stage(stage::map_fn("parse", |s: String| async move {
+            s.parse::<u64>()
+        }))
+        .sink(sink)
+        .dead_letter(BrokenDeadLetters)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(out.take(), vec![1, 2]);
+    assert_eq!((report.delivered, report.failed), (2, 1));
+    assert!(report.is_balanced());
+}
+
+/// A stage whose start panics.
+struct StartPanics;
+
+impl Stage for StartPanics {
+    type In = u64;
+    type Output = u64;
+    type Shape = Map;
+    type Error = Infallible;
+    async fn call(&self, n: u64, _cx: &Context) -> Result<u64, Infallible> {
+        Ok(n)
+    }
+    async fn on_start(&self) -> Result<(), BoxError> {
+        panic!("always: on_start");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_on_start_fails_the_start() {
+    quiet_panics();
+    let err = Pipeline::builder("start")
+        .source(source::iter(0..5u64))
+        .stage(StartPanics)
+        .sink(sink::collect().0)
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure.stage, "StartPanics");
+    assert!(err.failure.error.contains("on_start"));
+    assert_eq!(err.report.failed, 5);
+    assert!(err.report.is_balanced());
+}

@@ -150,6 +150,18 @@ impl Core {
     }
 }
 
+impl Core {
+    /// What a router does with an item its predicate or key fn panicked on.
+    fn reject(&self, settings: &StageOptions, counters: Arc<Counters>) -> tasks::Reject {
+        tasks::Reject {
+            on_error: settings.on_error.unwrap_or_default(),
+            dead_tx: self.dead_tx.clone(),
+            control: Arc::clone(&self.control),
+            counters,
+        }
+    }
+}
+
 fn when_full_name(w: WhenFull) -> &'static str {
     match w {
         WhenFull::Block => "block",
@@ -390,7 +402,8 @@ impl<T: Send + 'static> Builder<T> {
 
     /// Sends the items for which `pred` is true into `branch` (which must end in a sink);
     /// the rest continue here. `.buffer(n)` / `.when_full(p)` right after `route` set the
-    /// router's input edge (default 256 items, `Block`).
+    /// router's input edge (default 256 items, `Block`); `.on_error(..)` there says what
+    /// happens to an item the predicate panicked on (default: dead-lettered).
     pub fn route(
         mut self,
         pred: impl Fn(&T) -> bool + Send + 'static,
@@ -410,9 +423,10 @@ impl<T: Send + 'static> Builder<T> {
                 upstream,
             );
             if let Some(matched) = take_slot(&branch_tx) {
+                let reject = core.reject(&settings, counters);
                 core.tasks.push(Task::new(
                     "route",
-                    tasks::route(rx, pred, matched, tx, counters),
+                    tasks::route(rx, pred, matched, tx, reject),
                 ));
             }
             vec![node]
@@ -422,7 +436,10 @@ impl<T: Send + 'static> Builder<T> {
 
     /// Splits the stream into `lanes` lanes by `key`: items with equal keys take the same
     /// lane, so each lane keeps their order (with ordered or single-concurrency stages).
-    /// `lane` builds each lane's stages; the lanes join again after it.
+    /// `lane` builds each lane's stages; the lanes join again after it. Settings right
+    /// after `partition_by` (`.concurrency(n)`, `.buffer(n)`, ...) apply to the last
+    /// element of every lane; the partitioner's own input edge holds 256 items and blocks
+    /// when full. An item whose key fn panics is dead-lettered.
     pub fn partition_by<K, U>(
         mut self,
         lanes: usize,
@@ -459,9 +476,10 @@ impl<T: Send + 'static> Builder<T> {
                 WhenFull::Block,
                 upstream,
             );
+            let reject = core.reject(&StageOptions::default(), counters);
             core.tasks.push(Task::new(
                 "partition",
-                tasks::partition(rx, key, txs, counters),
+                tasks::partition(rx, key, txs, reject),
             ));
             from
         });
@@ -511,7 +529,14 @@ impl<T: Send + 'static> Builder<T> {
             let dead_tx = Some(core.dead_tx.clone());
             core.tasks.push(Task::new(
                 name,
-                tasks::sink(sink, rx, dead_tx, SinkRole::Output, counters),
+                tasks::sink(
+                    sink,
+                    rx,
+                    dead_tx,
+                    SinkRole::Output,
+                    Arc::clone(&core.control),
+                    counters,
+                ),
             ));
         });
         Ready {
@@ -730,6 +755,13 @@ fn dead_letter_task<K: Sink<Item = DeadLetter>>(core: &mut Core, sink: K) {
     core.rows[0] = Some(Row::new(Arc::clone(&counters), Some(rx.probe())));
     core.tasks.push(Task::new(
         name,
-        tasks::sink(sink, rx, None, SinkRole::DeadLetter, counters),
+        tasks::sink(
+            sink,
+            rx,
+            None,
+            SinkRole::DeadLetter,
+            Arc::clone(&core.control),
+            counters,
+        ),
     ));
 }

@@ -254,8 +254,17 @@ impl<S: Stage> Results<'_, S> {
         self.tally.completed += 1;
         match outcome.result {
             Ok(output) => {
-                let mut items = <S::Shape as Shape<S::Output>>::items(output);
-                let Some(first) = items.next() else {
+                // A flat-map's iterator is user code, pulled here, outside the call.
+                let first = if <S::Shape as Shape<S::Output>>::MANY {
+                    self.pull_child(origin, idx, false, || {
+                        let mut items = <S::Shape as Shape<S::Output>>::items(output);
+                        items.next().map(|first| (first, items))
+                    })?
+                } else {
+                    let mut items = <S::Shape as Shape<S::Output>>::items(output);
+                    items.next().map(|first| (first, items))
+                };
+                let Some((first, items)) = first else {
                     self.tally.filtered += 1;
                     origin.finish(idx, Outcome::Filtered);
                     return None;
@@ -332,13 +341,48 @@ impl<S: Stage> Results<'_, S> {
     }
 
     /// Emits the remaining children of a flat-map output, sending full batches as it goes.
-    async fn push_children(&mut self, (origin, idx, items): Children<S>) {
-        for child in items {
-            // Each child beyond the first is one more descendant to wait for.
+    async fn push_children(&mut self, (origin, idx, mut items): Children<S>) {
+        loop {
+            // Each child beyond the first is one more descendant to wait for; so is the
+            // failure of the rest of the expansion, should the iterator panic.
             origin.add_pending(1);
+            let Some(Some(child)) = self.pull_child(&origin, idx, true, || items.next()) else {
+                break;
+            };
             self.out.push(&origin, idx, child, MAX_BATCH);
             if self.out.len() >= MAX_BATCH {
                 self.flush().await;
+            }
+        }
+    }
+
+    /// Pulls from a flat-map's iterator under panic capture. A panic fails item `idx`
+    /// through the stage's `on_error` (children already emitted go on), counts the panic
+    /// on the stage and gives `None`. Past the end, the descendant `reserved` for the next
+    /// child (every child but the first) is released.
+    fn pull_child<R>(
+        &mut self,
+        origin: &Arc<Origin>,
+        idx: u32,
+        reserved: bool,
+        next: impl FnOnce() -> Option<R>,
+    ) -> Option<Option<R>> {
+        match catch_unwind(AssertUnwindSafe(next)) {
+            Ok(Some(child)) => Some(Some(child)),
+            Ok(None) => {
+                if reserved {
+                    origin.release(1);
+                }
+                Some(None)
+            }
+            Err(payload) => {
+                let message = crate::error::panic_message(&*payload);
+                self.task.counters.panicked("iterator", &message);
+                let failure = Failure::Panicked(crate::policy::Panicked::new(format!(
+                    "flat-map iterator panicked: {message}"
+                )));
+                self.fail(origin, idx, &failure, 1, None, None);
+                None
             }
         }
     }

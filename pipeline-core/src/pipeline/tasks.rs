@@ -15,8 +15,7 @@ use crate::dead_letter::DeadLetter;
 use crate::edge::{EdgeRx, EdgeTx};
 use crate::envelope::Batch;
 use crate::error::{Message, chain};
-use crate::options::RestartOptions;
-use crate::policy::Panicked;
+use crate::options::{OnError, RestartOptions};
 use crate::sink::{Sink, WriteError};
 use crate::source::Source;
 use crate::stats::{Counters, SOURCE_ERRORS_TOTAL};
@@ -156,6 +155,7 @@ pub(crate) async fn sink<K: Sink>(
     mut rx: EdgeRx<K::Item>,
     dead_tx: Option<EdgeTx<DeadLetter>>,
     role: SinkRole,
+    control: Arc<Control>,
     counters: Arc<Counters>,
 ) {
     while let Some(batch) = rx.recv().await {
@@ -169,9 +169,10 @@ pub(crate) async fn sink<K: Sink>(
             .catch_unwind()
             .await;
         let written = written.unwrap_or_else(|payload| {
+            let message = crate::error::panic_message(&*payload);
+            counters.panicked("write", &message);
             Err(WriteError::all(Message(format!(
-                "sink panicked: {}",
-                Panicked::from_payload(&*payload).message()
+                "sink panicked: {message}"
             ))))
         });
         match written {
@@ -182,20 +183,31 @@ pub(crate) async fn sink<K: Sink>(
                     SinkRole::DeadLetter => Outcome::DeadLettered,
                 });
             }
-            Err(WriteError { error, failed }) => {
-                let mut failed = failed.unwrap_or_else(|| (0..n).collect());
+            Err(mut write_error) => {
+                if let Some(message) = write_error.panic.take() {
+                    counters.panicked("write", &message);
+                }
+                let mut failed = write_error
+                    .failed
+                    .take()
+                    .unwrap_or_else(|| (0..n).collect());
                 failed.sort_unstable();
                 failed.dedup();
                 failed.retain(|&p| p < n);
                 counters.errors(failed.len());
                 counters.emitted(n - failed.len());
-                let text = chain(&*error);
+                let text = chain(&*write_error.error);
                 claim.note(&failed, &counters.name, &text);
                 match (role, &dead_tx) {
                     (SinkRole::Output, Some(dead_tx)) => {
                         tracing::warn!(sink = %counters.name, items = failed.len(), error = %text, "write failed; items dead-lettered");
                         let record = DeadLetter::new(&*counters.name, text, 1);
-                        dead_tx.send(claim.split_failed(&failed, &record)).await;
+                        let records = claim.split_failed(&failed, |p| {
+                            let mut letter = record.clone();
+                            letter.item = write_error.shown(p);
+                            letter
+                        });
+                        dead_tx.send(records).await;
                     }
                     _ => {
                         tracing::error!(sink = %counters.name, items = failed.len(), error = %text, "write failed; items failed");
@@ -206,9 +218,15 @@ pub(crate) async fn sink<K: Sink>(
         }
         counters.completed(n);
     }
-    if let Err(error) = sink.flush().await {
-        tracing::error!(sink = %counters.name, error = %chain(&*error), "flush failed");
+    let flushed = AssertUnwindSafe(sink.flush()).catch_unwind().await;
+    let flushed = flushed.unwrap_or_else(|payload| {
+        let message = crate::error::panic_message(&*payload);
+        counters.panicked("flush", &message);
+        Err(Message(format!("panicked: {message}")).into())
+    });
+    if let Err(error) = flushed {
         counters.errors(1);
+        control.fail(&counters.name, format!("flush failed: {}", chain(&*error)));
     }
 }
 
@@ -235,30 +253,73 @@ pub(crate) async fn tee<T: Clone + Send + 'static>(
     }
 }
 
+/// How a router settles an item whose predicate or key fn panicked: through the router's
+/// `on_error`, the router named.
+pub(crate) struct Reject {
+    pub(crate) on_error: OnError,
+    pub(crate) dead_tx: EdgeTx<DeadLetter>,
+    pub(crate) control: Arc<Control>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Reject {
+    /// Calls `f` under panic capture; a panic settles item `idx` and gives `None`.
+    fn guard<R>(
+        &self,
+        what: &'static str,
+        origin: &Arc<Origin>,
+        idx: u32,
+        dead: &mut Outbox<DeadLetter>,
+        f: impl FnOnce() -> R,
+    ) -> Option<R> {
+        let payload = match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => return Some(r),
+            Err(payload) => payload,
+        };
+        let message = crate::error::panic_message(&*payload);
+        let name = &self.counters.name;
+        self.counters.panicked(what, &message);
+        self.counters.errors(1);
+        let error = format!("{what} panicked: {message}");
+        origin.note(idx, name, &error);
+        match self.on_error {
+            OnError::DeadLetter => dead.push(origin, idx, DeadLetter::new(name, error, 1), 1),
+            OnError::Drop => origin.finish(idx, Outcome::Dropped),
+            OnError::Fail => {
+                origin.finish(idx, Outcome::Failed);
+                self.control.fail(name, error);
+            }
+        }
+        None
+    }
+}
+
 /// Sends items matching `pred` to `matched`, the rest to `other`.
 pub(crate) async fn route<T: Send + 'static, P: Fn(&T) -> bool + Send + 'static>(
     mut rx: EdgeRx<T>,
     pred: P,
     matched: EdgeTx<T>,
     other: EdgeTx<T>,
-    counters: Arc<Counters>,
+    reject: Reject,
 ) {
+    let counters = Arc::clone(&reject.counters);
     while let Some(mut batch) = rx.recv().await {
         let n = batch.len();
         counters.received(n);
         let mut yes = Outbox::new();
         let mut no = Outbox::new();
+        let mut dead = Outbox::new();
         let origin = Arc::clone(batch.origin());
         for (idx, item) in batch.drain() {
-            if pred(&item) {
-                yes.push(&origin, idx, item, n);
-            } else {
-                no.push(&origin, idx, item, n);
+            match reject.guard("predicate", &origin, idx, &mut dead, || pred(&item)) {
+                Some(true) => yes.push(&origin, idx, item, n),
+                Some(false) => no.push(&origin, idx, item, n),
+                None => {}
             }
         }
-        yes.flush(&matched).await;
-        no.flush(&other).await;
-        counters.emitted(n);
+        let sent = yes.flush(&matched).await + no.flush(&other).await;
+        dead.flush(&reject.dead_tx).await;
+        counters.emitted(sent);
         counters.completed(n);
     }
 }
@@ -268,29 +329,37 @@ pub(crate) async fn partition<T, K, F>(
     mut rx: EdgeRx<T>,
     key: F,
     lanes: Vec<EdgeTx<T>>,
-    counters: Arc<Counters>,
+    reject: Reject,
 ) where
     T: Send + 'static,
     K: Hash,
     F: Fn(&T) -> K + Send + 'static,
 {
+    let counters = Arc::clone(&reject.counters);
     let mut outs: Vec<Outbox<T>> = lanes.iter().map(|_| Outbox::new()).collect();
+    let mut dead = Outbox::new();
     while let Some(mut batch) = rx.recv().await {
         let n = batch.len();
         counters.received(n);
         let origin = Arc::clone(batch.origin());
         for (idx, item) in batch.drain() {
-            let mut h = std::hash::DefaultHasher::new();
-            key(&item).hash(&mut h);
-            let lane = (h.finish() % outs.len() as u64) as usize;
+            let hashed = reject.guard("key", &origin, idx, &mut dead, || {
+                let mut h = std::hash::DefaultHasher::new();
+                key(&item).hash(&mut h);
+                h.finish()
+            });
+            let Some(hash) = hashed else { continue };
+            let lane = (hash % outs.len() as u64) as usize;
             if let Some(out) = outs.get_mut(lane) {
                 out.push(&origin, idx, item, n);
             }
         }
+        let mut sent = 0;
         for (out, tx) in outs.iter_mut().zip(&lanes) {
-            out.flush(tx).await;
+            sent += out.flush(tx).await;
         }
-        counters.emitted(n);
+        dead.flush(&reject.dead_tx).await;
+        counters.emitted(sent);
         counters.completed(n);
     }
 }
