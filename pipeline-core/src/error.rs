@@ -5,20 +5,31 @@ use std::fmt;
 /// A boxed error, as stages, sinks and sources report them across type erasure.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Renders an error and its `source()` chain as `outer: inner: root`.
+/// Renders an error and its `source()` chain as `outer: inner: root`. A source whose
+/// message the text already holds (thiserror's `#[error("... {source}")]` style) is not
+/// repeated.
 ///
 /// # Examples
 ///
 /// ```
 /// let err = std::io::Error::other("disk full");
 /// assert_eq!(pipeline_core::error::chain(&err), "disk full");
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("write failed: {0}")]
+/// struct Write(#[source] std::io::Error);
+/// let err = Write(std::io::Error::other("disk full"));
+/// assert_eq!(pipeline_core::error::chain(&err), "write failed: disk full");
 /// ```
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
+        let message = inner.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
         source = inner.source();
     }
     text

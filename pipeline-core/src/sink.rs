@@ -344,6 +344,130 @@ where
     }
 }
 
+/// A sink doing blocking work per batch (an embedded database, a file API without async)
+/// on tokio's blocking pool, with state of its own: `open` builds the state on the first
+/// write (and again after a write panicked, since the state may be half-changed), `write`
+/// handles one batch. Make each write its own transaction: a batch counts as delivered
+/// when `write` returns `Ok`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::io::Write;
+/// use pipeline_core::prelude::*;
+/// use pipeline_core::sink::WriteError;
+///
+/// // With rusqlite: `|| Connection::open("out.db")` and an INSERT per row in one transaction.
+/// let path = std::env::temp_dir().join(format!("pipeline-doc-{}.txt", std::process::id()));
+/// let file = path.clone();
+/// let sink = sink::blocking(
+///     move || std::fs::File::create(&file),
+///     |out: &mut std::fs::File, rows: &mut Vec<u64>| {
+///         for row in rows.drain(..) {
+///             writeln!(out, "{row}").map_err(WriteError::all)?;
+///         }
+///         out.sync_data().map_err(WriteError::all)
+///     },
+/// );
+/// Pipeline::builder("file")
+///     .source(source::iter(1..=3u64))
+///     .sink(sink)
+///     .run()
+///     .await
+///     .unwrap();
+/// assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n2\n3\n");
+/// # let _ = std::fs::remove_file(&path);
+/// # }
+/// ```
+pub fn blocking<S, T, O, E, W>(open: O, write: W) -> Blocking<S, T, O, W>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+    O: FnMut() -> Result<S, E> + Send + 'static,
+    E: Into<BoxError>,
+    W: FnMut(&mut S, &mut Vec<T>) -> Result<(), WriteError> + Send + 'static,
+{
+    Blocking {
+        parts: Arc::new(Mutex::new(BlockingParts {
+            state: None,
+            open,
+            write,
+        })),
+        _item: std::marker::PhantomData,
+    }
+}
+
+/// See [`blocking`].
+pub struct Blocking<S, T, O, W> {
+    parts: Arc<Mutex<BlockingParts<S, O, W>>>,
+    _item: std::marker::PhantomData<fn(T)>,
+}
+
+struct BlockingParts<S, O, W> {
+    state: Option<S>,
+    open: O,
+    write: W,
+}
+
+impl<S, T, O, W> fmt::Debug for Blocking<S, T, O, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Blocking(..)")
+    }
+}
+
+impl<S, T, O, E, W> Sink for Blocking<S, T, O, W>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+    O: FnMut() -> Result<S, E> + Send + 'static,
+    E: Into<BoxError>,
+    W: FnMut(&mut S, &mut Vec<T>) -> Result<(), WriteError> + Send + 'static,
+{
+    type Item = T;
+
+    async fn write(&mut self, items: &mut Vec<T>) -> Result<(), WriteError> {
+        let mut batch = std::mem::take(items);
+        let parts = Arc::clone(&self.parts);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut parts = match parts.lock() {
+                Ok(parts) => parts,
+                Err(poisoned) => {
+                    // The last write panicked half-way: its state is not to be trusted.
+                    let mut parts = poisoned.into_inner();
+                    parts.state = None;
+                    parts
+                }
+            };
+            let parts = &mut *parts;
+            if parts.state.is_none() {
+                parts.state = Some((parts.open)().map_err(WriteError::all)?);
+            }
+            match parts.state.as_mut() {
+                Some(state) => (parts.write)(state, &mut batch),
+                None => Err(WriteError::all(Message("sink state not open".into()))),
+            }
+        })
+        .await;
+        match done {
+            Ok(written) => written,
+            Err(e) => match e.try_into_panic() {
+                Ok(payload) => {
+                    // The next write opens a fresh state.
+                    if let Err(poisoned) = self.parts.lock() {
+                        poisoned.into_inner().state = None;
+                    }
+                    self.parts.clear_poison();
+                    std::panic::resume_unwind(payload)
+                }
+                Err(e) => Err(WriteError::all(e)),
+            },
+        }
+    }
+
+    fn name(&self) -> &str {
+        "blocking"
+    }
+}
+
 /// A sink forwarding items into a tokio channel, waiting while it is full.
 ///
 /// ```

@@ -241,6 +241,97 @@ where
     }
 }
 
+/// A source over a blocking iterator (a `csv::Reader`'s records, lines of a file, rows
+/// of a database cursor): each pull takes up to a batch of items on tokio's blocking
+/// pool, so the async workers never wait on I/O. A panic in the iterator is a panic of
+/// the source's `pull` (the run ends with a failure naming the source).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::io::BufRead;
+/// use pipeline_core::prelude::*;
+///
+/// let file = std::io::Cursor::new("a\nb\nc\n"); // a `BufReader<File>` in real use
+/// let (sink, lines) = sink::collect();
+/// Pipeline::builder("lines")
+///     .source(source::blocking_iter(file.lines().map_while(Result::ok)))
+///     .sink(sink)
+///     .run()
+///     .await
+///     .unwrap();
+/// assert_eq!(lines.take(), ["a", "b", "c"]);
+/// # }
+/// ```
+pub fn blocking_iter<I>(items: I) -> BlockingIter<I::IntoIter>
+where
+    I: IntoIterator,
+    I::IntoIter: Send + 'static,
+    I::Item: Send + 'static,
+{
+    BlockingIter {
+        iter: Some(items.into_iter()),
+        reading: None,
+    }
+}
+
+/// See [`blocking_iter`].
+pub struct BlockingIter<I: Iterator> {
+    /// The iterator, while no read is under way.
+    iter: Option<I>,
+    /// A read under way on the blocking pool, kept across a cancelled `pull`.
+    reading: Option<tokio::task::JoinHandle<(I, Vec<I::Item>)>>,
+}
+
+impl<I: Iterator> std::fmt::Debug for BlockingIter<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingIter")
+            .field("reading", &self.reading.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I> Source for BlockingIter<I>
+where
+    I: Iterator + Send + 'static,
+    I::Item: Send + 'static,
+{
+    type Item = I::Item;
+
+    async fn pull(&mut self, max: usize) -> Result<Option<Pulled<I::Item>>, BoxError> {
+        if self.reading.is_none() {
+            let Some(mut iter) = self.iter.take() else {
+                return Ok(None);
+            };
+            self.reading = Some(tokio::task::spawn_blocking(move || {
+                let items: Vec<I::Item> = iter.by_ref().take(max).collect();
+                (iter, items)
+            }));
+        }
+        let Some(reading) = self.reading.as_mut() else {
+            return Ok(None);
+        };
+        // Cancel safe: a dropped pull leaves the read in `reading` for the next one.
+        let read = reading.await;
+        self.reading = None;
+        let (iter, items) = match read {
+            Ok(read) => read,
+            Err(e) => match e.try_into_panic() {
+                Ok(payload) => std::panic::resume_unwind(payload),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if items.is_empty() {
+            return Ok(None);
+        }
+        self.iter = Some(iter);
+        Ok(Some(Pulled::new(items)))
+    }
+
+    fn name(&self) -> &str {
+        "blocking_iter"
+    }
+}
+
 /// A source over a [`futures::Stream`]: each pull takes whatever is ready, waiting only
 /// for the first item.
 ///

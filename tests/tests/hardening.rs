@@ -658,3 +658,42 @@ async fn a_panicking_on_start_fails_the_start() {
     assert_eq!(err.report.failed, 5);
     assert!(err.report.is_balanced());
 }
+
+#[tokio::test]
+async fn blocking_sources_and_sinks_run_off_the_async_workers() {
+    use std::sync::{Arc, Mutex};
+    quiet_panics();
+    let opened = Arc::new(Mutex::new(0u32));
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let (o, r) = (Arc::clone(&opened), Arc::clone(&rows));
+    let once = std::sync::atomic::AtomicBool::new(false);
+    let sink = sink::blocking(
+        move || {
+            *o.lock().unwrap() += 1;
+            Ok::<_, std::io::Error>(Vec::<u64>::new())
+        },
+        move |state: &mut Vec<u64>, batch: &mut Vec<u64>| {
+            if batch.contains(&500) && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("always: blocking write");
+            }
+            state.extend(batch.iter().copied());
+            r.lock().unwrap().extend(batch.drain(..));
+            Ok(())
+        },
+    );
+    let (dead, letters) = sink::collect();
+    let report = Pipeline::builder("blocking")
+        .source(source::blocking_iter(0..2_000u64))
+        .sink(sink)
+        .buffer(100)
+        .dead_letter(dead)
+        .run()
+        .await
+        .unwrap();
+    assert!(report.is_balanced());
+    assert_eq!(report.delivered + report.dead_lettered, 2_000);
+    assert!(letters.len() as u64 == report.dead_lettered && report.dead_lettered > 0);
+    assert_eq!(rows.lock().unwrap().len() as u64, report.delivered);
+    // A panicking write drops its state: the next write opens a fresh one.
+    assert!(*opened.lock().unwrap() >= 2);
+}

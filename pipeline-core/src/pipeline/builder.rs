@@ -547,6 +547,23 @@ impl<T: Send + 'static> Builder<T> {
         }
     }
 
+    /// Not callable: a pipeline needs a sink first. Present so that `.run()` on a chain
+    /// without one says so ("this pipeline has no sink yet") instead of "no method".
+    pub fn run(self) -> impl Future<Output = Result<super::RunReport, super::PipelineError>>
+    where
+        Self: HasSink,
+    {
+        self.into_ready().run()
+    }
+
+    /// Not callable: a pipeline needs a sink first (see [`run`](Self::run)).
+    pub fn spawn(self) -> super::PipelineHandle
+    where
+        Self: HasSink,
+    {
+        self.into_ready().spawn()
+    }
+
     /// Names the element added last.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.settings.name = Some(name.into());
@@ -619,6 +636,22 @@ impl<T: Send + 'static> Builder<T> {
         self.settings = options.or(self.settings);
         self
     }
+}
+
+/// Implemented by no builder: it marks [`Builder::run`] and [`Builder::spawn`] as needing
+/// a sink, with a message that says so.
+#[diagnostic::on_unimplemented(
+    message = "this pipeline has no sink yet",
+    label = "`run` and `spawn` need a sink",
+    note = "end the chain with `.sink(..)` (for example `.sink(sink::collect().0)`), then call `.run()` or `.spawn()`"
+)]
+pub trait HasSink: sealed::Sealed {
+    #[doc(hidden)]
+    fn into_ready(self) -> Ready;
+}
+
+mod sealed {
+    pub trait Sealed {}
 }
 
 type Slot<T> = Arc<Mutex<Option<EdgeTx<T>>>>;

@@ -23,7 +23,7 @@ use crate::edge::{EdgeProbe, EdgeRx, EdgeTx};
 use crate::graph::Graph;
 use crate::stats::Counters;
 
-pub use builder::{Builder, Pipeline, PipelineBuilder, Ready};
+pub use builder::{Builder, HasSink, Pipeline, PipelineBuilder, Ready};
 pub use handle::{DEFAULT_SHUTDOWN_DEADLINE, Health, PipelineControl, PipelineHandle};
 pub use report::{PipelineError, RunReport, StageFailure, StageStats, Stats};
 
