@@ -17,10 +17,16 @@ use crate::ack::Outcome;
 use crate::dead_letter::DeadLetter;
 use crate::envelope::Batch;
 use crate::options::WhenFull;
-use crate::stats::OVERFLOW_TOTAL;
+use crate::stats::{OVERFLOW_TOTAL, QUEUE_DEPTH};
 
-/// Creates an edge holding at most `capacity` items (at least 1).
-pub(crate) fn edge<T>(name: &str, capacity: usize, when_full: WhenFull) -> (EdgeTx<T>, EdgeRx<T>) {
+/// Creates an edge of pipeline `pipeline` into element `name`, holding at most
+/// `capacity` items (at least 1).
+pub(crate) fn edge<T>(
+    pipeline: &str,
+    name: &str,
+    capacity: usize,
+    when_full: WhenFull,
+) -> (EdgeTx<T>, EdgeRx<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
@@ -33,6 +39,7 @@ pub(crate) fn edge<T>(name: &str, capacity: usize, when_full: WhenFull) -> (Edge
         when_full,
         numbers: Arc::new(Numbers {
             depth: AtomicUsize::new(0),
+            gauge: ::metrics::gauge!(QUEUE_DEPTH, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
             dropped: AtomicU64::new(0),
             capacity: capacity.max(1),
         }),
@@ -90,8 +97,17 @@ impl<T> Shared<T> {
 #[derive(Debug)]
 struct Numbers {
     depth: AtomicUsize,
+    /// `pipeline_queue_depth`, set with `depth` (once per batch).
+    gauge: ::metrics::Gauge,
     dropped: AtomicU64,
     capacity: usize,
+}
+
+impl Numbers {
+    fn set_depth(&self, items: usize) {
+        self.depth.store(items, Ordering::Relaxed);
+        self.gauge.set(items as f64);
+    }
 }
 
 /// A handle on an edge's live numbers.
@@ -280,7 +296,7 @@ impl<T: Send + 'static> EdgeTx<T> {
 
     fn push(shared: &Shared<T>, st: &mut State<T>, batch: Batch<T>) {
         st.len += batch.len();
-        shared.numbers.depth.store(st.len, Ordering::Relaxed);
+        shared.numbers.set_depth(st.len);
         st.queue.push_back(batch);
         shared.data.notify_one();
     }
@@ -338,7 +354,7 @@ impl<T> EdgeRx<T> {
     fn take(&self, st: &mut State<T>) -> Option<Batch<T>> {
         let batch = st.queue.pop_front()?;
         st.len -= batch.len();
-        self.shared.numbers.depth.store(st.len, Ordering::Relaxed);
+        self.shared.numbers.set_depth(st.len);
         if st.space_waiters > 0 {
             self.shared.space.notify_waiters();
         }
@@ -352,7 +368,7 @@ impl<T> Drop for EdgeRx<T> {
             let mut st = self.shared.lock();
             st.receiver = false;
             st.len = 0;
-            self.shared.numbers.depth.store(0, Ordering::Relaxed);
+            self.shared.numbers.set_depth(0);
             st.queue.drain(..).collect()
         };
         // Dropped outside the lock: each marks its items abandoned.

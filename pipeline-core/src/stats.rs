@@ -16,6 +16,7 @@
 //! | `pipeline_source_lag`, `pipeline_source_pending` | gauge | `pipeline`, `stage` | a broker source's consumer lag and unacknowledged entries ([`Backlog`](crate::source::Backlog)) |
 //! | `pipeline_source_errors_total` | counter | `pipeline`, `stage` | failed pulls of a source |
 //! | `pipeline_restarts_total` | counter | `pipeline`, `stage` | stage restarts after a panic |
+//! | `pipeline_stage_latency_seconds` | histogram | `pipeline`, `stage` | time of one call: a sampled batch's mean per call for stages (1 batch in 8), each write for sinks |
 //! | `pipeline_panics_total` | counter | `pipeline`, `stage` | panics of user code outside stage calls: predicates, key fns, `pull`, ack callbacks, `write` / `flush` |
 //! | `pipeline_retries_total`, `pipeline_timeouts_total`, `pipeline_panics_total`, ... | counter | `stage` | policy events; see [`policy`](crate::policy) |
 //! | `pipeline_breaker_state` | gauge | `stage` | 0 closed, 1 open, 2 half-open |
@@ -24,7 +25,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ::metrics::{Counter, Gauge};
+use ::metrics::{Counter, Gauge, Histogram};
 
 /// Metric name: items per stage and event.
 pub const ITEMS_TOTAL: &str = "pipeline_items_total";
@@ -42,6 +43,13 @@ pub const RESTARTS_TOTAL: &str = "pipeline_restarts_total";
 /// ack callbacks, `write`/`flush`), per element. Stage calls count theirs under the same
 /// name with a `stage` label only (see [`policy`](crate::policy)).
 pub const PANICS_TOTAL: &str = "pipeline_panics_total";
+/// Metric name: the time of one call per stage (seconds): the mean over a sampled batch
+/// for stages, each write for sinks.
+pub const LATENCY_SECONDS: &str = "pipeline_stage_latency_seconds";
+
+/// One batch in this many is timed for [`LATENCY_SECONDS`].
+pub(crate) const LATENCY_SAMPLE: u64 = 8;
+
 /// Metric name: failed pulls of a source.
 pub const SOURCE_ERRORS_TOTAL: &str = "pipeline_source_errors_total";
 
@@ -73,6 +81,8 @@ pub(crate) struct Counters {
     pub(crate) filtered: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) restarts: AtomicU64,
+    /// Batches seen, for sampling latency.
+    batches: AtomicU64,
     /// Panics of user code this element called outside a stage call (a predicate, a key
     /// fn, a source's `pull`, an ack callback, a sink's `write` or `flush`).
     pub(crate) panics: AtomicU64,
@@ -90,6 +100,7 @@ struct Metrics {
     restarts: Counter,
     panics: Counter,
     in_flight: Gauge,
+    latency: Histogram,
 }
 
 impl Counters {
@@ -105,6 +116,7 @@ impl Counters {
             filtered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             metrics: Metrics {
                 received: labels("received"),
@@ -114,6 +126,7 @@ impl Counters {
                 dead_lettered: labels("dead_lettered"),
                 dropped: labels("dropped"),
                 restarts: ::metrics::counter!(RESTARTS_TOTAL, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
+                latency: ::metrics::histogram!(LATENCY_SECONDS, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
                 panics: ::metrics::counter!(PANICS_TOTAL, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
                 in_flight: ::metrics::gauge!(IN_FLIGHT, "pipeline" => pipeline.to_owned(), "stage" => name.to_owned()),
             },
@@ -174,6 +187,28 @@ impl Counters {
         self.panics.fetch_add(1, Ordering::Relaxed);
         self.metrics.panics.increment(1);
         tracing::error!(element = %self.name, call = what, message, "user code panicked");
+    }
+
+    /// Starts timing a batch of `calls` calls, one batch in [`LATENCY_SAMPLE`]: a clock
+    /// read per sampled batch, none for the others.
+    #[inline]
+    pub(crate) fn time_batch(&self, calls: usize) -> Option<(tokio::time::Instant, usize)> {
+        let n = self.batches.fetch_add(1, Ordering::Relaxed);
+        (n % LATENCY_SAMPLE == 0 && calls > 0).then(|| (tokio::time::Instant::now(), calls))
+    }
+
+    /// Records the mean call time of a batch [`time_batch`](Self::time_batch) sampled.
+    #[inline]
+    pub(crate) fn timed(&self, timing: Option<(tokio::time::Instant, usize)>) {
+        if let Some((start, calls)) = timing {
+            let secs = start.elapsed().as_secs_f64() / calls as f64;
+            self.metrics.latency.record(secs);
+        }
+    }
+
+    /// Records the time of one call (a sink's write).
+    pub(crate) fn latency(&self, elapsed: std::time::Duration) {
+        self.metrics.latency.record(elapsed.as_secs_f64());
     }
 
     pub(crate) fn restarted(&self) {

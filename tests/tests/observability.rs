@@ -17,7 +17,8 @@ use pipeline_core::prelude::*;
 use pipeline_core::sink::{Sink, WriteError};
 use tracing_subscriber::layer::SubscriberExt;
 
-/// Counter totals by metric name and labels.
+/// Counter totals by metric name and labels, and how often each gauge and histogram was
+/// written.
 #[derive(Default, Clone)]
 struct Metrics(Arc<Mutex<BTreeMap<String, Arc<AtomicU64>>>>);
 
@@ -32,7 +33,45 @@ impl CounterFn for Cell {
     }
 }
 
+impl metrics::GaugeFn for Cell {
+    fn increment(&self, _: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn decrement(&self, _: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn set(&self, _: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl metrics::HistogramFn for Cell {
+    fn record(&self, _: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Metrics {
+    fn cell(&self, key: &Key) -> Arc<AtomicU64> {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let id = format!("{}{{{}}}", key.name(), labels.join(","));
+        Arc::clone(self.0.lock().unwrap().entry(id).or_default())
+    }
+
+    /// Names with at least one write so far.
+    fn written(&self) -> std::collections::BTreeSet<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.load(Ordering::Relaxed) > 0)
+            .filter_map(|(k, _)| k.split('{').next().map(str::to_owned))
+            .collect()
+    }
+
     /// The total of every counter named `name` whose labels include `label` (`k=v`).
     fn total(&self, name: &str, label: &str) -> u64 {
         self.0
@@ -51,21 +90,15 @@ impl Recorder for Metrics {
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let id = format!("{}{{{}}}", key.name(), labels.join(","));
-        let cell = Arc::clone(self.0.lock().unwrap().entry(id).or_default());
-        Counter::from_arc(Arc::new(Cell(cell)))
+        Counter::from_arc(Arc::new(Cell(self.cell(key))))
     }
 
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(Arc::new(Cell(self.cell(key))))
     }
 
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(Arc::new(Cell(self.cell(key))))
     }
 }
 
@@ -267,4 +300,121 @@ fn policy_metrics_carry_the_stage_name_the_report_shows() {
         metrics.total("pipeline_items_total", "stage=Sleepy,event=received"),
         3
     );
+}
+
+/// Emits 0..1000 in batches of 10, one batch per millisecond; fails its third pull and
+/// reports a backlog.
+struct Steady {
+    next: u64,
+    pulls: u32,
+    backlog: pipeline_core::source::Backlog,
+}
+
+impl pipeline_core::source::Source for Steady {
+    type Item = u64;
+    async fn pull(
+        &mut self,
+        _max: usize,
+    ) -> Result<Option<pipeline_core::source::Pulled<u64>>, BoxError> {
+        self.pulls += 1;
+        if self.pulls == 3 {
+            return Err("connection reset".into());
+        }
+        if self.next >= 1_000 {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let items: Vec<u64> = (self.next..self.next + 10).collect();
+        self.next += 10;
+        self.backlog.set_lag(1_000 - self.next);
+        self.backlog.set_pending(10);
+        Ok(Some(pipeline_core::source::Pulled::new(items)))
+    }
+    fn backlog(&self) -> Option<pipeline_core::source::Backlog> {
+        Some(self.backlog.clone())
+    }
+}
+
+#[test]
+fn every_documented_metric_is_emitted_while_the_pipeline_runs() {
+    // Before: `pipeline_outcomes_total` was counted only when the report was built, and
+    // `pipeline_queue_depth` and a latency histogram were never emitted.
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.to_string().contains("injected") {
+            default_hook(info);
+        }
+    }));
+    let metrics = Metrics::default();
+    let recorder = metrics.clone();
+    let mid_run = metrics::with_local_recorder(&recorder, || {
+        pipeline_core::testing::paused_runtime().block_on(async {
+            let mut retry = RetryOptions::new(2);
+            retry.backoff = Duration::from_millis(1);
+            let mut breaker = BreakerOptions::default();
+            breaker.window = Window::Count(4);
+            breaker.min_calls = 4;
+            breaker.open_for = Duration::from_millis(100);
+            let handle = Pipeline::builder("live")
+                .source(Steady {
+                    next: 0,
+                    pulls: 0,
+                    backlog: pipeline_core::source::Backlog::new(),
+                })
+                .stage(stage::map_fn("work", |n: u64| async move {
+                    if n == 5 {
+                        std::future::pending::<()>().await;
+                    }
+                    assert!(n != 7, "injected panic");
+                    if n % 10 == 9 {
+                        Err(Bad("bad record"))
+                    } else {
+                        Ok(n)
+                    }
+                }))
+                .timeout(Duration::from_millis(20))
+                .retry(retry)
+                .breaker(breaker)
+                .restart(RestartOptions::new(10, Duration::from_secs(60)))
+                .route(
+                    |n: &u64| {
+                        assert!(*n != 11, "injected predicate panic");
+                        false
+                    },
+                    |b| b.sink(sink::collect::<u64>().0),
+                )
+                .sink(Slow)
+                .buffer(8)
+                .when_full(WhenFull::DropNewest)
+                .spawn();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let seen = metrics.written();
+            assert!(!handle.control().is_finished(), "still running");
+            let report = handle.join().await.unwrap();
+            assert!(report.is_balanced());
+            seen
+        })
+    });
+    for name in [
+        "pipeline_items_total",
+        "pipeline_overflow_total",
+        "pipeline_outcomes_total",
+        "pipeline_queue_depth",
+        "pipeline_in_flight",
+        "pipeline_source_lag",
+        "pipeline_source_pending",
+        "pipeline_source_errors_total",
+        "pipeline_restarts_total",
+        "pipeline_stage_latency_seconds",
+        "pipeline_panics_total",
+        "pipeline_retries_total",
+        "pipeline_timeouts_total",
+        "pipeline_breaker_state",
+    ] {
+        assert!(
+            mid_run.contains(name),
+            "{name} not emitted during the run: {mid_run:?}"
+        );
+    }
 }

@@ -73,9 +73,10 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// Starts a pipeline called `name` (used in metrics, spans and reports).
     pub fn builder(name: impl Into<String>) -> PipelineBuilder {
-        let (dead_tx, dead_rx) = edge("dead_letter", DEFAULT_CAPACITY, WhenFull::Block);
+        let name = name.into();
+        let (dead_tx, dead_rx) = edge(&name, "dead_letter", DEFAULT_CAPACITY, WhenFull::Block);
         let mut core = Core {
-            control: Arc::new(Control::new(name.into(), DEFAULT_SHUTDOWN_DEADLINE)),
+            control: Arc::new(Control::new(name, DEFAULT_SHUTDOWN_DEADLINE)),
             tasks: Vec::new(),
             graph: Graph::default(),
             rows: Vec::new(),
@@ -114,7 +115,7 @@ impl Core {
         when_full: WhenFull,
         upstream: impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize>,
     ) -> crate::edge::EdgeRx<T> {
-        let (mut tx, rx) = edge(name, capacity, when_full);
+        let (mut tx, rx) = edge(&self.control.name, name, capacity, when_full);
         if when_full == WhenFull::DeadLetter {
             tx.set_overflow(self.dead_tx.clone());
         }

@@ -544,6 +544,7 @@ where
         while let Some(batch) = rx.recv().await {
             self.counters.received(batch.len());
             results.hint = batch.len();
+            let timing = results.task.counters.time_batch(batch.len());
             let mut batch = batch.into_items::<Emitted<S>>();
             let origin = Arc::clone(batch.origin());
             // While every call gives exactly one output, the outputs are kept in the batch
@@ -624,6 +625,7 @@ where
             if direct {
                 results.out.push_batch(batch.into_outputs());
             }
+            results.task.counters.timed(timing);
             results.flush().await;
         }
     }

@@ -162,12 +162,14 @@ pub(crate) async fn sink<K: Sink>(
         let n = batch.len();
         counters.received(n);
         let (mut items, claim) = batch.claim();
+        let start = tokio::time::Instant::now();
         // A panicking sink fails this batch, not the pipeline: the items go to the
         // dead-letter path like any failed write (at-least-once if it panicked after
         // writing).
         let written = AssertUnwindSafe(sink.write(&mut items))
             .catch_unwind()
             .await;
+        counters.latency(start.elapsed());
         let written = written.unwrap_or_else(|payload| {
             let message = crate::error::panic_message(&*payload);
             counters.panicked("write", &message);
