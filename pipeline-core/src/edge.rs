@@ -81,7 +81,7 @@ impl<T> Shared<T> {
     }
 
     fn drop_items(&self, mut batch: Batch<T>, why: &'static str) {
-        let n = batch.len();
+        let n = batch.weight();
         if n == 0 {
             return;
         }
@@ -223,51 +223,69 @@ impl<T: Send + 'static> EdgeTx<T> {
             batch.finish_all(Outcome::Abandoned);
             return Offer::Done;
         }
-        let room = shared.capacity - st.len;
-        if batch.len() <= room {
+        // Capacity counts weight: an item weighs 1, a group made by `batch` its length.
+        let room = shared.capacity.saturating_sub(st.len);
+        let weight = batch.weight();
+        if weight <= room {
             let all = batch.split_front(batch.len());
             Self::push(shared, &mut st, all);
             return Offer::Done;
         }
+        // What fits now; an item heavier than the whole edge is admitted into an empty one.
+        let fits = match batch.fitting(room) {
+            0 if st.len == 0 => 1,
+            n => n,
+        };
         match shared.when_full {
             WhenFull::Block => {
                 // Send what fits only if that is a worthwhile part: splitting off whatever
                 // little room there is would cut the stream into tiny batches.
-                if room > 0 && (2 * room >= shared.capacity || batch.len() > shared.capacity) {
-                    let front = batch.split_front(room);
+                let worthwhile =
+                    2 * room >= shared.capacity || weight > shared.capacity || st.len == 0;
+                if fits > 0 && worthwhile {
+                    let front = batch.split_front(fits);
                     Self::push(shared, &mut st, front);
+                    if batch.is_empty() {
+                        return Offer::Done;
+                    }
                 }
                 st.space_waiters += 1;
                 notified.enable();
                 Offer::Wait
             }
             WhenFull::DropNewest | WhenFull::DeadLetter => {
-                if room > 0 {
-                    let front = batch.split_front(room);
+                if fits > 0 {
+                    let front = batch.split_front(fits);
                     Self::push(shared, &mut st, front);
                 }
-                Offer::Overflow
+                if batch.is_empty() {
+                    Offer::Done
+                } else {
+                    Offer::Overflow
+                }
             }
             WhenFull::DropOldest => {
-                if batch.len() > shared.capacity {
-                    let excess = batch.len() - shared.capacity;
-                    let old = batch.split_front(excess);
+                // Keep the newest part that fits the whole edge (at least one item).
+                let keep = batch.fitting_back(shared.capacity).max(1);
+                if keep < batch.len() {
+                    let old = batch.split_front(batch.len() - keep);
                     shared.drop_items(old, "drop_oldest");
                 }
-                let mut need = batch.len() - (shared.capacity - st.len);
+                let mut need = (st.len + batch.weight()).saturating_sub(shared.capacity);
                 while need > 0 {
                     let Some(mut front) = st.queue.pop_front() else {
                         break;
                     };
-                    let take = need.min(front.len());
-                    let old = front.split_front(take);
-                    st.len -= take;
-                    need -= take;
+                    let old = front.split_front(front.covering(need));
+                    let w = old.weight();
+                    st.len -= w;
+                    need = need.saturating_sub(w);
                     shared.drop_items(old, "drop_oldest");
                     if !front.is_empty() {
                         st.queue.push_front(front);
                     }
                 }
+                shared.numbers.set_depth(st.len);
                 let all = batch.split_front(batch.len());
                 Self::push(shared, &mut st, all);
                 Offer::Done
@@ -278,13 +296,14 @@ impl<T: Send + 'static> EdgeTx<T> {
     async fn overflow(&self, batch: Batch<T>) {
         match (&self.shared.when_full, &self.overflow) {
             (WhenFull::DeadLetter, Some(dead_letters)) => {
+                let n = batch.weight();
                 ::metrics::counter!(OVERFLOW_TOTAL, "edge" => self.shared.name.to_string(), "policy" => "dead_letter")
-                    .increment(batch.len() as u64);
-                tracing::warn!(edge = %self.shared.name, items = batch.len(), "edge full: items dead-lettered");
+                    .increment(n as u64);
+                tracing::warn!(edge = %self.shared.name, items = n, "edge full: items dead-lettered");
                 self.shared
                     .numbers
                     .dropped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 let record = DeadLetter::new(&*self.shared.name, "edge full", 0);
                 // Boxed: an edge of dead letters sending its overflow to an edge of dead letters
                 // would otherwise be a future of infinite size.
@@ -295,7 +314,7 @@ impl<T: Send + 'static> EdgeTx<T> {
     }
 
     fn push(shared: &Shared<T>, st: &mut State<T>, batch: Batch<T>) {
-        st.len += batch.len();
+        st.len += batch.weight();
         shared.numbers.set_depth(st.len);
         st.queue.push_back(batch);
         shared.data.notify_one();
@@ -353,7 +372,7 @@ impl<T> EdgeRx<T> {
     /// Pops the oldest batch under the lock and wakes senders waiting for room.
     fn take(&self, st: &mut State<T>) -> Option<Batch<T>> {
         let batch = st.queue.pop_front()?;
-        st.len -= batch.len();
+        st.len -= batch.weight();
         self.shared.numbers.set_depth(st.len);
         if st.space_waiters > 0 {
             self.shared.space.notify_waiters();

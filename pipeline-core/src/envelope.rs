@@ -12,10 +12,16 @@ use std::sync::Arc;
 use crate::ack::{Origin, Outcome};
 
 /// Items of one origin, with each item's index in that origin.
+///
+/// Edges count capacity in source items' worth: an item weighs 1, except a group made
+/// by `batch`, which weighs its length. Weights are a column of their own, kept only for
+/// batches that hold groups (empty otherwise: every item weighs 1).
 #[derive(Debug)]
 pub(crate) struct Batch<T> {
     items: Vec<T>,
     idx: Vec<u32>,
+    /// Each item's weight, or empty when every item weighs 1.
+    weights: Vec<u32>,
     origin: Arc<Origin>,
 }
 
@@ -23,7 +29,22 @@ impl<T> Batch<T> {
     /// A batch of freshly emitted source items `0..items.len()`.
     pub(crate) fn new(items: Vec<T>, origin: Arc<Origin>) -> Self {
         let idx = (0..items.len() as u32).collect();
-        Batch { items, idx, origin }
+        Batch {
+            items,
+            idx,
+            weights: Vec::new(),
+            origin,
+        }
+    }
+
+    /// One item of weight `weight` (a group of that many).
+    pub(crate) fn group(item: T, weight: usize, origin: Arc<Origin>) -> Self {
+        Batch {
+            items: vec![item],
+            idx: vec![0],
+            weights: vec![u32::try_from(weight).unwrap_or(u32::MAX)],
+            origin,
+        }
     }
 
     /// An empty batch of `origin`, to be filled with [`push`](Self::push).
@@ -31,12 +52,71 @@ impl<T> Batch<T> {
         Batch {
             items: Vec::with_capacity(capacity),
             idx: Vec::with_capacity(capacity),
+            weights: Vec::new(),
             origin,
         }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.items.len()
+    }
+
+    /// What the batch weighs on an edge: its length, unless it holds groups.
+    pub(crate) fn weight(&self) -> usize {
+        if self.weights.is_empty() {
+            self.items.len()
+        } else {
+            self.weights.iter().map(|&w| w as usize).sum()
+        }
+    }
+
+    /// How many items from the back weigh at most `room` in all.
+    pub(crate) fn fitting_back(&self, room: usize) -> usize {
+        if self.weights.is_empty() {
+            return room.min(self.items.len());
+        }
+        let mut total = 0;
+        self.weights
+            .iter()
+            .rev()
+            .take_while(|&&w| {
+                total += w as usize;
+                total <= room
+            })
+            .count()
+    }
+
+    /// How many items from the front it takes to weigh at least `need` (all, if the
+    /// whole batch weighs less).
+    pub(crate) fn covering(&self, need: usize) -> usize {
+        if self.weights.is_empty() {
+            return need.min(self.items.len());
+        }
+        let mut total = 0;
+        let mut n = 0;
+        for &w in &self.weights {
+            if total >= need {
+                break;
+            }
+            total += w as usize;
+            n += 1;
+        }
+        n
+    }
+
+    /// How many items from the front weigh at most `room` in all.
+    pub(crate) fn fitting(&self, room: usize) -> usize {
+        if self.weights.is_empty() {
+            return room.min(self.items.len());
+        }
+        let mut total = 0;
+        self.weights
+            .iter()
+            .take_while(|&&w| {
+                total += w as usize;
+                total <= room
+            })
+            .count()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -51,11 +131,34 @@ impl<T> Batch<T> {
     pub(crate) fn push(&mut self, idx: u32, item: T) {
         self.items.push(item);
         self.idx.push(idx);
+        if !self.weights.is_empty() {
+            self.weights.push(1);
+        }
     }
 
-    /// Takes every item out with its index; the caller now owns their outcomes.
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (u32, T)> + '_ {
-        self.idx.drain(..).zip(self.items.drain(..))
+    /// Adds an item of weight `weight`.
+    pub(crate) fn push_weighted(&mut self, idx: u32, item: T, weight: u32) {
+        if weight != 1 && self.weights.is_empty() {
+            self.weights = vec![1; self.items.len()];
+        }
+        self.items.push(item);
+        self.idx.push(idx);
+        if !self.weights.is_empty() {
+            self.weights.push(weight);
+        }
+    }
+
+    /// Takes every item out with its index and weight; the caller now owns their
+    /// outcomes.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (u32, T, u32)> + '_ {
+        let weights = std::mem::take(&mut self.weights);
+        let n = self.items.len();
+        let weights = weights.into_iter().chain(std::iter::repeat(1)).take(n);
+        self.idx
+            .drain(..)
+            .zip(self.items.drain(..))
+            .zip(weights)
+            .map(|((i, t), w)| (i, t, w))
     }
 
     /// Takes the items out for a sink; their outcomes are the caller's to report through
@@ -76,6 +179,7 @@ impl<T> Batch<T> {
     pub(crate) fn reverse(&mut self) {
         self.items.reverse();
         self.idx.reverse();
+        self.weights.reverse();
     }
 
     /// Takes the last item out with its index; the caller now owns its outcome.
@@ -83,6 +187,7 @@ impl<T> Batch<T> {
     pub(crate) fn pop(&mut self) -> Option<(u32, T)> {
         let item = self.items.pop()?;
         let idx = self.idx.pop().unwrap_or_default();
+        self.weights.pop();
         Some((idx, item))
     }
 
@@ -101,13 +206,21 @@ impl<T> Batch<T> {
 
     /// Splits off the first `n` items into their own batch.
     pub(crate) fn split_front(&mut self, n: usize) -> Batch<T> {
+        let n = n.min(self.items.len());
         let rest_items = self.items.split_off(n);
         let rest_idx = self.idx.split_off(n);
         let front_items = std::mem::replace(&mut self.items, rest_items);
         let front_idx = std::mem::replace(&mut self.idx, rest_idx);
+        let front_weights = if self.weights.is_empty() {
+            Vec::new()
+        } else {
+            let rest = self.weights.split_off(n);
+            std::mem::replace(&mut self.weights, rest)
+        };
         Batch {
             items: front_items,
             idx: front_idx,
+            weights: front_weights,
             origin: Arc::clone(&self.origin),
         }
     }
@@ -122,6 +235,7 @@ impl<T> Batch<T> {
         }
         self.items.clear();
         self.idx.clear();
+        self.weights.clear();
         self.origin.release(n);
     }
 
@@ -132,6 +246,7 @@ impl<T> Batch<T> {
         Batch {
             items: vec![record.clone(); idx.len()],
             idx,
+            weights: Vec::new(),
             origin: Arc::clone(&self.origin),
         }
     }
@@ -149,6 +264,7 @@ impl<T> Batch<T> {
         Batch {
             items: self.items.clone(),
             idx: self.idx.clone(),
+            weights: self.weights.clone(),
             origin: Arc::clone(&self.origin),
         }
     }
@@ -207,6 +323,7 @@ impl<T, U> Items<T, U> {
         Some(Batch {
             items: outputs,
             idx,
+            weights: Vec::new(),
             origin: Arc::clone(&self.origin),
         })
     }
@@ -220,6 +337,7 @@ impl<T, U> Items<T, U> {
         Batch {
             items: outputs,
             idx,
+            weights: Vec::new(),
             origin: Arc::clone(&self.origin),
         }
     }

@@ -697,3 +697,62 @@ async fn blocking_sources_and_sinks_run_off_the_async_workers() {
     // A panicking write drops its state: the next write opens a fresh one.
     assert!(*opened.lock().unwrap() >= 2);
 }
+
+/// A sink of groups that never finishes a write.
+struct StalledGroups;
+
+impl Sink for StalledGroups {
+    type Item = Vec<u64>;
+    async fn write(&mut self, _items: &mut Vec<Vec<u64>>) -> Result<(), WriteError> {
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_counts_items_after_batch() {
+    // Before: downstream of `batch` edges counted groups, so the default 1024-slot edge
+    // held 102,400 rows of groups of 100.
+    let handle = Pipeline::builder("groups")
+        .source(source::iter(0..1_000_000u64))
+        .batch(100, Duration::from_millis(10))
+        .sink(StalledGroups)
+        .spawn();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stats = handle.stats();
+    // Bound: the batcher's input edge (1024) + its open group (100) + the sink's edge
+    // (1024 rows' worth) + the group being written (100) + one source pull (256).
+    let bound = 1024 + 100 + 1024 + 100 + 256;
+    assert!(stats.in_flight <= bound, "{} > {bound}", stats.in_flight);
+    assert!(
+        stats.in_flight >= 1024,
+        "the edges filled: {}",
+        stats.in_flight
+    );
+    let sink_row = stats.stages.iter().find(|s| s.name == "sink").unwrap();
+    assert!(
+        sink_row.queue_depth <= 1024 + 100,
+        "{}",
+        sink_row.queue_depth
+    );
+    let report = handle
+        .shutdown_within(Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert!(report.is_balanced(), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_heavier_than_the_edge_still_passes() {
+    let (sink, out) = sink::collect::<Vec<u64>>();
+    let report = Pipeline::builder("heavy")
+        .source(source::iter(0..1_000u64))
+        .batch(500, Duration::from_millis(10))
+        .sink(sink)
+        .buffer(100)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.delivered, 1_000);
+    assert_eq!(out.take().iter().map(Vec::len).sum::<usize>(), 1_000);
+}

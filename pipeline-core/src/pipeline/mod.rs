@@ -3,6 +3,7 @@
 
 mod builder;
 mod handle;
+mod outbox;
 mod report;
 mod runner;
 mod tasks;

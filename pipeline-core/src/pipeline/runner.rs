@@ -12,6 +12,7 @@ use futures::future::Either;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, Stream, StreamExt};
 
+use super::outbox::Outbox;
 use super::{Control, MAX_BATCH};
 use crate::ack::{Origin, Outcome};
 use crate::context::Context;
@@ -24,56 +25,6 @@ use crate::policy::{Failure, Policies, RetryOutcome};
 use crate::stage::{Emitted, Shape, Stage};
 use crate::stats::Counters;
 use crate::supervise::{Supervisor, Verdict};
-
-/// Items leaving a task, grouped by origin, sent as batches.
-pub(crate) struct Outbox<T> {
-    ready: Vec<Batch<T>>,
-    items: usize,
-}
-
-impl<T: Send + 'static> Outbox<T> {
-    pub(crate) fn new() -> Self {
-        Outbox {
-            ready: Vec::new(),
-            items: 0,
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.items
-    }
-
-    #[inline(always)]
-    pub(crate) fn push(&mut self, origin: &Arc<Origin>, idx: u32, item: T, hint: usize) {
-        match self.ready.last_mut() {
-            Some(batch) if Arc::ptr_eq(batch.origin(), origin) => batch.push(idx, item),
-            _ => {
-                let mut batch = Batch::empty(Arc::clone(origin), hint.clamp(1, MAX_BATCH));
-                batch.push(idx, item);
-                self.ready.push(batch);
-            }
-        }
-        self.items += 1;
-    }
-
-    /// Queues a whole batch.
-    pub(crate) fn push_batch(&mut self, batch: Batch<T>) {
-        if !batch.is_empty() {
-            self.items += batch.len();
-            self.ready.push(batch);
-        }
-    }
-
-    /// Sends everything; returns how many items went out.
-    pub(crate) async fn flush(&mut self, tx: &EdgeTx<T>) -> usize {
-        let sent = self.items;
-        self.items = 0;
-        for batch in self.ready.drain(..) {
-            tx.send(batch).await;
-        }
-        sent
-    }
-}
 
 /// An item whose call is under way. Dropped unsettled (an aborted task), it ends
 /// `Abandoned`.

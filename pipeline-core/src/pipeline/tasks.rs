@@ -8,7 +8,7 @@ use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::runner::Outbox;
+use super::outbox::Outbox;
 use super::{Control, MAX_BATCH};
 use crate::ack::{Origin, Outcome, PanicHook};
 use crate::dead_letter::DeadLetter;
@@ -312,10 +312,10 @@ pub(crate) async fn route<T: Send + 'static, P: Fn(&T) -> bool + Send + 'static>
         let mut no = Outbox::new();
         let mut dead = Outbox::new();
         let origin = Arc::clone(batch.origin());
-        for (idx, item) in batch.drain() {
+        for (idx, item, weight) in batch.drain() {
             match reject.guard("predicate", &origin, idx, &mut dead, || pred(&item)) {
-                Some(true) => yes.push(&origin, idx, item, n),
-                Some(false) => no.push(&origin, idx, item, n),
+                Some(true) => yes.push_weighted(&origin, idx, item, weight, n),
+                Some(false) => no.push_weighted(&origin, idx, item, weight, n),
                 None => {}
             }
         }
@@ -344,7 +344,7 @@ pub(crate) async fn partition<T, K, F>(
         let n = batch.len();
         counters.received(n);
         let origin = Arc::clone(batch.origin());
-        for (idx, item) in batch.drain() {
+        for (idx, item, weight) in batch.drain() {
             let hashed = reject.guard("key", &origin, idx, &mut dead, || {
                 let mut h = std::hash::DefaultHasher::new();
                 key(&item).hash(&mut h);
@@ -353,7 +353,7 @@ pub(crate) async fn partition<T, K, F>(
             let Some(hash) = hashed else { continue };
             let lane = (hash % outs.len() as u64) as usize;
             if let Some(out) = outs.get_mut(lane) {
-                out.push(&origin, idx, item, n);
+                out.push_weighted(&origin, idx, item, weight, n);
             }
         }
         let mut sent = 0;
@@ -443,7 +443,8 @@ async fn emit<T: Send + 'static>(group: &mut Group<T>, tx: &EdgeTx<Vec<T>>, coun
     }
     let origin = Origin::derived(std::mem::take(&mut group.links));
     let items = std::mem::replace(&mut group.items, Vec::with_capacity(n));
-    tx.send(Batch::new(vec![items], origin)).await;
+    // A group weighs its length on every edge it crosses: capacity stays in items.
+    tx.send(Batch::group(items, n, origin)).await;
     counters.emitted(1);
     counters.completed(n);
 }
