@@ -83,6 +83,8 @@ pub(crate) struct Counters {
     pub(crate) restarts: AtomicU64,
     /// Batches seen, for sampling latency.
     batches: AtomicU64,
+    /// The snapshot the recent rate is measured from: (uptime, emitted, rate then).
+    recent: std::sync::Mutex<(std::time::Duration, u64, f64)>,
     /// Panics of user code this element called outside a stage call (a predicate, a key
     /// fn, a source's `pull`, an ack callback, a sink's `write` or `flush`).
     pub(crate) panics: AtomicU64,
@@ -117,6 +119,7 @@ impl Counters {
             errors: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            recent: std::sync::Mutex::new((std::time::Duration::ZERO, 0, 0.0)),
             panics: AtomicU64::new(0),
             metrics: Metrics {
                 received: labels("received"),
@@ -209,6 +212,29 @@ impl Counters {
     /// Records the time of one call (a sink's write).
     pub(crate) fn latency(&self, elapsed: std::time::Duration) {
         self.metrics.latency.record(elapsed.as_secs_f64());
+    }
+
+    /// Items per second emitted since the last snapshot taken at least a second ago;
+    /// moves that mark forward when a second has passed. Read by `stats()` only.
+    pub(crate) fn recent_rate(&self, emitted: u64, uptime: std::time::Duration) -> f64 {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, then, rate) = *recent;
+        let interval = uptime.saturating_sub(at);
+        if interval >= std::time::Duration::from_secs(1) {
+            let rate = emitted.saturating_sub(then) as f64 / interval.as_secs_f64();
+            *recent = (uptime, emitted, rate);
+            rate
+        } else if at.is_zero() {
+            // No interval yet: the average so far.
+            let secs = uptime.as_secs_f64();
+            if secs > 0.0 {
+                emitted as f64 / secs
+            } else {
+                0.0
+            }
+        } else {
+            rate
+        }
     }
 
     pub(crate) fn restarted(&self) {

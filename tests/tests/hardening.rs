@@ -756,3 +756,26 @@ async fn a_group_heavier_than_the_edge_still_passes() {
     assert_eq!(report.delivered, 1_000);
     assert_eq!(out.take().iter().map(Vec::len).sum::<usize>(), 1_000);
 }
+
+#[tokio::test(start_paused = true)]
+async fn stats_show_a_recent_rate_beside_the_lifetime_average() {
+    let handle = Pipeline::builder("rates")
+        .ingest::<u64>(1_024)
+        .sink(sink::collect().0)
+        .spawn();
+    let ingest = handle.ingest::<u64>().unwrap();
+    let sink_rate = |s: &Stats| s.stage("collect").map(|r| (r.rate, r.recent_rate)).unwrap();
+    // 1000 items in the first second, none in the next two.
+    for n in 0..1_000u64 {
+        ingest.send(n).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, recent) = sink_rate(&handle.stats());
+    assert!(recent > 900.0, "{recent}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (average, recent) = sink_rate(&handle.stats());
+    assert_eq!(recent, 0.0);
+    assert!(average > 300.0 && average < 400.0, "{average}");
+    drop(ingest);
+    handle.join().await.unwrap();
+}

@@ -190,6 +190,10 @@ pub struct StageStats {
     pub overflowed: u64,
     /// Emitted items per second, averaged over the uptime.
     pub rate: f64,
+    /// Emitted items per second over the recent interval: since the snapshot taken at
+    /// least a second before this one (the uptime's average until then).
+    #[serde(default)]
+    pub recent_rate: f64,
     /// Retried attempts.
     pub retries: u64,
     /// Attempts that timed out.
@@ -230,7 +234,9 @@ fn stage_stats(row: &Row, uptime: Duration) -> StageStats {
     let completed = c.completed.load(Ordering::Relaxed);
     let emitted = c.emitted.load(Ordering::Relaxed);
     let secs = uptime.as_secs_f64();
+    let recent_rate = c.recent_rate(emitted, uptime);
     StageStats {
+        recent_rate,
         name: c.name.clone(),
         kind: c.kind,
         received,
