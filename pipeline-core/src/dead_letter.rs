@@ -17,6 +17,9 @@ pub struct DeadLetter {
     pub error: String,
     /// Attempts made, the first included (0 for an overflow).
     pub attempts: u32,
+    /// Calls made as half-open probes of a waiting circuit breaker that failed: not
+    /// attempts (each sent the item back to wait), so counted apart.
+    pub probes: u32,
     /// When the first attempt failed (wall clock, for people reading the record).
     pub first_failure: SystemTime,
     /// When the last attempt failed.
@@ -32,7 +35,7 @@ impl DeadLetter {
     /// ```
     /// use pipeline_core::DeadLetter;
     /// let dl = DeadLetter::new("parse", "bad digit", 3);
-    /// assert_eq!(dl.attempts, 3);
+    /// assert_eq!((dl.attempts, dl.probes), (3, 0));
     /// assert!(dl.item.is_none());
     /// ```
     pub fn new(stage: impl Into<String>, error: impl Into<String>, attempts: u32) -> Self {
@@ -41,6 +44,7 @@ impl DeadLetter {
             stage: stage.into(),
             error: error.into(),
             attempts,
+            probes: 0,
             first_failure: now,
             last_failure: now,
             item: None,
