@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
-use pipeline_core::options::{BreakerOptions, RestartOptions, RetryOptions};
+use pipeline_core::options::{BreakerOptions, RateOptions, RestartOptions, RetryOptions};
 use pipeline_core::sink::{Sink, WriteError};
 use pipeline_core::stage::map_fn;
 use pipeline_core::{BoxError, Builder, Context, Map, Pipeline, Stage, source};
@@ -283,13 +283,15 @@ impl<T: Item> Sink for TallySink<T> {
 }
 
 /// The policies of map4-guarded, set through the builder on the stage added last:
-/// timeout, retry, circuit breaker and restart-after-panic (panic capture and the
-/// per-stage counters are always on). No fault is ever injected.
-pub(crate) fn guard<T: Send + 'static>(b: Builder<T>, on: bool) -> Builder<T> {
+/// timeout, retry, circuit breaker, a rate limit that never binds (a billion calls per
+/// second) and restart-after-panic (panic capture and the per-stage counters are always
+/// on). No fault is ever injected.
+pub(crate) fn guard<T: Clone + Send + 'static>(b: Builder<T>, on: bool) -> Builder<T> {
     if on {
         b.timeout(Duration::from_secs(5))
             .retry(RetryOptions::new(3))
             .breaker(BreakerOptions::default())
+            .rate(RateOptions::new(1_000_000_000, Duration::from_secs(1)))
             .restart(RestartOptions::new(3, Duration::from_secs(60)))
     } else {
         b

@@ -17,6 +17,10 @@ pub struct DeadLetter {
     pub error: String,
     /// Attempts made, the first included (0 for an overflow).
     pub attempts: u32,
+    /// Calls made as half-open probes of a waiting circuit breaker that failed: not
+    /// attempts (each sent the item back to wait), so counted apart.
+    #[serde(default)]
+    pub probes: u32,
     /// When the first attempt failed (wall clock, for people reading the record; RFC 3339
     /// in JSON).
     #[serde(with = "crate::wire::rfc3339")]
@@ -35,7 +39,7 @@ impl DeadLetter {
     /// ```
     /// use pipeline_core::DeadLetter;
     /// let dl = DeadLetter::new("parse", "bad digit", 3);
-    /// assert_eq!(dl.attempts, 3);
+    /// assert_eq!((dl.attempts, dl.probes), (3, 0));
     /// assert!(dl.item.is_none());
     /// ```
     pub fn new(stage: impl Into<String>, error: impl Into<String>, attempts: u32) -> Self {
@@ -44,6 +48,7 @@ impl DeadLetter {
             stage: stage.into(),
             error: error.into(),
             attempts,
+            probes: 0,
             first_failure: now,
             last_failure: now,
             item: None,

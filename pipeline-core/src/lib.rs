@@ -78,7 +78,7 @@ pub mod sink;
 pub mod source;
 pub mod stage;
 pub mod stats;
-pub mod supervise;
+mod supervise;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -124,6 +124,51 @@ pub struct RetryOptions {
     /// Your own delays instead of the exponential ones (`backoff`, `max_backoff` and
     /// `jitter` are then not used).
     pub schedule: Option<Delays>,
+    /// Which errors are worth another attempt; the others are permanent (not retried,
+    /// not counted by the breaker). For any stage, closure stages included; the
+    /// stage's own [`Stage::is_permanent`](crate::Stage::is_permanent) and a
+    /// [`Fault::Permanent`](crate::policy::Fault) are permanent whatever it says.
+    pub when: Option<RetryWhen>,
+}
+
+/// A predicate over a failed attempt's error: `true` if it is worth retrying. See
+/// [`RetryOptions::when`] and [`RetryOptions::retry_when`].
+#[derive(Clone)]
+pub struct RetryWhen(Arc<dyn Fn(&(dyn std::error::Error + 'static)) -> bool + Send + Sync>);
+
+impl RetryWhen {
+    /// A predicate from `f`.
+    ///
+    /// ```
+    /// use pipeline_core::options::RetryWhen;
+    /// let when = RetryWhen::new(|e| e.to_string().contains("timeout"));
+    /// assert!(when.accepts(&std::io::Error::other("timeout")));
+    /// assert!(!when.accepts(&std::io::Error::other("bad input")));
+    /// ```
+    pub fn new<F>(f: F) -> Self
+    where
+        F: Fn(&(dyn std::error::Error + 'static)) -> bool + Send + Sync + 'static,
+    {
+        RetryWhen(Arc::new(f))
+    }
+
+    /// Whether `error` is worth another attempt.
+    pub fn accepts(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        (self.0)(error)
+    }
+}
+
+impl std::fmt::Debug for RetryWhen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetryWhen(..)")
+    }
+}
+
+/// Two predicates are equal when they are the same one.
+impl PartialEq for RetryWhen {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Delays between attempts from your own iterator: a fixed list, or a backon builder's.
@@ -185,7 +230,30 @@ impl RetryOptions {
             budget: None,
             budget_floor: 10,
             schedule: None,
+            when: None,
         }
+    }
+
+    /// The same settings, retrying only the errors `pred` accepts (downcast the `&dyn
+    /// Error` to your error type to look inside it).
+    ///
+    /// ```
+    /// use pipeline_core::options::RetryOptions;
+    ///
+    /// let retry = RetryOptions::new(3).retry_when(|e| {
+    ///     e.downcast_ref::<std::io::Error>()
+    ///         .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+    /// });
+    /// let when = retry.when.as_ref().unwrap();
+    /// assert!(!when.accepts(&std::io::Error::other("bad input")));
+    /// ```
+    #[must_use]
+    pub fn retry_when<F>(mut self, pred: F) -> Self
+    where
+        F: Fn(&(dyn std::error::Error + 'static)) -> bool + Send + Sync + 'static,
+    {
+        self.when = Some(RetryWhen::new(pred));
+        self
     }
 }
 

@@ -74,22 +74,44 @@ pub trait Stage: Send + Sync + 'static {
     const DEAD_LETTER_ITEM: Option<ShowFn<Self::In>> = None;
 
     /// Whether the stage only borrows its input ([`call_ref`](Self::call_ref)): a
-    /// `#[stage]` fn taking `&T`. Then every attempt of a retried item borrows the one
-    /// item the runtime keeps, and nothing is cloned for retries.
+    /// `#[stage]` fn taking `&T`. Then the runtime keeps the one item and every attempt
+    /// borrows it: nothing is cloned for retries or dead letters. Such a stage's input
+    /// must be `Sync` (its calls' futures hold a reference to it); set this only together
+    /// with `call_ref`.
     const BORROWS: bool = false;
 
+    /// How to copy an input for a second attempt (retries, a waiting breaker's probes) or
+    /// for its dead letter, for a stage that takes its input by value: `Some(clone)`
+    /// lets the policy engine retry it. The `#[stage]` macro sets it when `retry` is
+    /// given (and the input is by value); the builder's [`retry`](crate::Builder::retry)
+    /// supplies it too. `None` (the default) costs nothing and needs no `Clone`: a stage
+    /// whose options ask for retries without a way to copy its input gets one attempt
+    /// per item, and an error event at build time.
+    const CLONE_IN: Option<fn(&Self::In) -> Self::In> = None;
+
     /// One attempt with a borrowed input. The runtime calls it instead of
-    /// [`call`](Self::call) for retried attempts when [`BORROWS`](Self::BORROWS) is `true`;
-    /// the default clones the input and calls `call`.
+    /// [`call`](Self::call) when [`BORROWS`](Self::BORROWS) is `true`. The default copies
+    /// the input with [`CLONE_IN`](Self::CLONE_IN) and calls `call`.
+    ///
+    /// # Panics
+    ///
+    /// The default panics when there is no `CLONE_IN` (a stage that sets `BORROWS`
+    /// without implementing `call_ref`); the panic is caught and fails that attempt.
     fn call_ref<'a>(
         &'a self,
         item: &'a Self::In,
         cx: &'a Context,
-    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send + 'a
-    where
-        Self::In: Clone + Sync,
-    {
-        self.call(item.clone(), cx)
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send + 'a {
+        let copy = Self::CLONE_IN.map(|clone| clone(item));
+        async move {
+            match copy {
+                Some(item) => self.call(item, cx).await,
+                None => panic!(
+                    "`Stage::BORROWS` is set but `call_ref` is not implemented and there is \
+                     no `Stage::CLONE_IN`"
+                ),
+            }
+        }
     }
 
     /// Whether `error` must not be retried. Permanent errors skip the remaining attempts
@@ -141,6 +163,29 @@ pub trait Stage: Send + Sync + 'static {
 
 /// Renders a stage input for its dead letter; see [`Stage::DEAD_LETTER_ITEM`].
 pub type ShowFn<T> = fn(&T) -> Option<serde_json::Value>;
+
+/// An input a retry can copy: any `Clone` type. Retrying a stage that takes its input by
+/// value needs one copy of the input per attempt that may be followed by another, so the
+/// builder's [`retry`](crate::Builder::retry) (and `#[stage(retry(..))]` on a by-value
+/// input) asks for this.
+///
+/// ```
+/// fn retryable<T: pipeline_core::stage::RetryInput>() {}
+/// retryable::<String>();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "a retry of this stage needs to copy its input, but `{Self}` is not `Clone`",
+    label = "this input is not `Clone`, so a retry cannot call the stage again with it",
+    note = "derive or implement `Clone` for the input, wrap it in an `Arc`, or take it by reference (`&T`) in a `#[stage]` fn so every attempt borrows the one item"
+)]
+pub trait RetryInput: Clone {}
+impl<T: Clone> RetryInput for T {}
+
+/// `Clone::clone` for a [`RetryInput`], as a plain function pointer (what
+/// [`Stage::CLONE_IN`] holds).
+pub fn clone_input<T: RetryInput>(item: &T) -> T {
+    item.clone()
+}
 
 /// A stage's default name: its type's name without module path or generics
 /// (`my_app::Enrich<Db>` -> `Enrich`).
@@ -280,9 +325,14 @@ where
 }
 
 /// A stage made from a closure; see [`map_fn`], [`filter_fn`] and [`flat_map_fn`].
+///
+/// A closure returning [`Fault`](crate::policy::Fault) decides per error whether it is
+/// permanent (`Err(Permanent(e))?` is not retried), as a `#[stage]` fn does;
+/// [`retry_when`](Self::retry_when) gives a predicate over its own error type.
 pub struct FnStage<F, K, I> {
     name: &'static str,
     f: F,
+    when: Option<crate::options::RetryWhen>,
     _shape: std::marker::PhantomData<fn(I) -> K>,
 }
 
@@ -291,14 +341,58 @@ impl<F, K, I> FnStage<F, K, I> {
         FnStage {
             name,
             f,
+            when: None,
             _shape: std::marker::PhantomData,
         }
+    }
+
+    /// Retries only the errors `pred` accepts; the others are permanent (not retried,
+    /// not counted by the breaker), like `#[stage(retry(when = pred))]`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use pipeline_core::options::RetryOptions;
+    /// use pipeline_core::prelude::*;
+    ///
+    /// let fetch = stage::map_fn("fetch", |n: u64| async move {
+    ///     Err::<u64, _>(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{n}")))
+    /// })
+    /// .retry_when(|e: &std::io::Error| e.kind() != std::io::ErrorKind::NotFound);
+    /// let (dead, letters) = sink::collect();
+    /// Pipeline::builder("when")
+    ///     .source(source::iter([1u64]))
+    ///     .stage(fetch)
+    ///     .retry(RetryOptions::new(5))
+    ///     .sink(sink::collect().0)
+    ///     .dead_letter(dead)
+    ///     .run()
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(letters.take()[0].attempts, 1); // `NotFound` is not retried
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn retry_when<O, E, Fut>(
+        mut self,
+        pred: impl Fn(&E) -> bool + Send + Sync + 'static,
+    ) -> Self
+    where
+        F: Fn(I) -> Fut,
+        Fut: Future<Output = Result<O, E>>,
+        E: std::error::Error + 'static,
+    {
+        self.when = Some(crate::options::RetryWhen::new(move |e| {
+            e.downcast_ref::<E>().is_none_or(&pred)
+        }));
+        self
     }
 }
 
 impl<F, K, I> std::fmt::Debug for FnStage<F, K, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FnStage").field("name", &self.name).finish()
+        f.debug_struct("FnStage")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -318,6 +412,10 @@ where
 
     fn call(&self, item: I, _cx: &Context) -> impl Future<Output = Result<O, E>> + Send {
         (self.f)(item)
+    }
+
+    fn is_permanent(&self, error: &E) -> bool {
+        self.when.as_ref().is_some_and(|when| !when.accepts(error))
     }
 
     fn options(&self) -> StageOptions {
@@ -352,7 +450,7 @@ where
 pub fn show_items_as_json<S>(stage: S) -> ShowItems<S, AsJson>
 where
     S: Stage,
-    S::In: serde::Serialize,
+    S::In: serde::Serialize + Clone,
 {
     ShowItems {
         stage,
@@ -372,7 +470,7 @@ where
 pub fn show_items_as_debug<S>(stage: S) -> ShowItems<S, AsDebug>
 where
     S: Stage,
-    S::In: std::fmt::Debug,
+    S::In: std::fmt::Debug + Clone,
 {
     ShowItems {
         stage,
@@ -380,7 +478,9 @@ where
     }
 }
 
-/// See [`show_items_as_json`] and [`show_items_as_debug`].
+/// See [`show_items_as_json`] and [`show_items_as_debug`]. The runtime keeps a copy of
+/// each input while it is processed (one clone per item; none for a stage that borrows
+/// its input), so the input must be `Clone`.
 pub struct ShowItems<S, How> {
     stage: S,
     _how: std::marker::PhantomData<fn() -> How>,
@@ -417,7 +517,10 @@ impl<T: std::fmt::Debug> ShowItem<T> for AsDebug {
     }
 }
 
-impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How> {
+impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How>
+where
+    S::In: Clone,
+{
     type In = S::In;
     type Output = S::Output;
     type Shape = S::Shape;
@@ -425,6 +528,7 @@ impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How> {
 
     const DEAD_LETTER_ITEM: Option<ShowFn<Self::In>> = Some(How::show);
     const BORROWS: bool = S::BORROWS;
+    const CLONE_IN: Option<fn(&Self::In) -> Self::In> = Some(<S::In as Clone>::clone);
 
     fn call(
         &self,
@@ -438,10 +542,7 @@ impl<S: Stage, How: ShowItem<S::In>> Stage for ShowItems<S, How> {
         &'a self,
         item: &'a S::In,
         cx: &'a Context,
-    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send + 'a
-    where
-        S::In: Clone + Sync,
-    {
+    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send + 'a {
         self.stage.call_ref(item, cx)
     }
 

@@ -1,10 +1,11 @@
-//! Supervision: what a stage task does after a call panicked. The restart strategy is a
+//! Supervision: what the policy engine does after a call panicked. The restart strategy is a
 //! value ([`RestartOptions`]); this module only keeps count.
 //!
-//! A panic costs one attempt of one item (the panic-capture policy turns it into an
-//! error). The task then restarts the stage — [`Stage::restart`](crate::Stage::restart)
-//! rebuilds its mutable state — after the configured backoff. More than `max` restarts
-//! within `within` escalate: the pipeline stops with an error naming the stage.
+//! A panic costs one attempt of one item (the panic capture turns it into an error). The
+//! engine then rebuilds the stage's state ([`Stage::restart`](crate::Stage::restart))
+//! before the item's next call, after the configured backoff. The restart intensity
+//! counts once per item: more than `max` panicking items within `within` escalate, and
+//! the pipeline stops with an error naming the stage.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::options::RestartOptions;
 
 /// What to do after a panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Restart the stage after this delay and go on.
     Restart(Duration),
     /// Too many restarts: stop the pipeline.
@@ -27,23 +28,10 @@ pub enum Verdict {
     },
 }
 
-/// Restart bookkeeping of one stage task.
-///
-/// ```
-/// use std::time::Duration;
-/// use pipeline_core::options::RestartOptions;
-/// use pipeline_core::supervise::{Supervisor, Verdict};
-///
-/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-/// let mut s = Supervisor::new(Some(RestartOptions::new(2, Duration::from_secs(60))));
-/// let now = tokio::time::Instant::now();
-/// assert_eq!(s.on_panic(now), Verdict::Restart(Duration::ZERO));
-/// assert_eq!(s.on_panic(now), Verdict::Restart(Duration::ZERO));
-/// assert!(matches!(s.on_panic(now), Verdict::Escalate { restarts: 3, .. }));
-/// # }
-/// ```
+/// Restart bookkeeping of one stage: the policy engine asks it once per item that
+/// panicked (however many of the item's attempts did).
 #[derive(Debug)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     limit: Option<RestartOptions>,
     recent: VecDeque<Instant>,
     total: u64,
@@ -51,7 +39,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// With `limit = None` a stage restarts after every panic, without limit.
-    pub fn new(limit: Option<RestartOptions>) -> Self {
+    pub(crate) fn new(limit: Option<RestartOptions>) -> Self {
         Supervisor {
             limit,
             recent: VecDeque::new(),
@@ -60,7 +48,7 @@ impl Supervisor {
     }
 
     /// Records a panic at `now` and decides.
-    pub fn on_panic(&mut self, now: Instant) -> Verdict {
+    pub(crate) fn on_panic(&mut self, now: Instant) -> Verdict {
         self.total += 1;
         let Some(limit) = self.limit else {
             return Verdict::Restart(Duration::ZERO);
@@ -85,7 +73,8 @@ impl Supervisor {
     }
 
     /// Panics seen in all.
-    pub fn panics(&self) -> u64 {
+    #[cfg(test)]
+    fn panics(&self) -> u64 {
         self.total
     }
 }
@@ -113,6 +102,18 @@ mod tests {
             }
         );
         assert_eq!(s.panics(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_counts_within_the_window() {
+        let mut s = Supervisor::new(Some(RestartOptions::new(2, Duration::from_secs(60))));
+        let now = Instant::now();
+        assert_eq!(s.on_panic(now), Verdict::Restart(Duration::ZERO));
+        assert_eq!(s.on_panic(now), Verdict::Restart(Duration::ZERO));
+        assert!(matches!(
+            s.on_panic(now),
+            Verdict::Escalate { restarts: 3, .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,12 +44,16 @@ pub struct TestRun<T> {
 
 /// Runs `items` through the stages `chain` adds, into a collecting sink and a collecting
 /// dead-letter sink.
-pub async fn run<I, T, U>(items: I, chain: impl FnOnce(Builder<T>) -> Builder<U>) -> TestRun<U>
+pub async fn run<I, T, U, L>(
+    items: I,
+    chain: impl FnOnce(Builder<T>) -> Builder<U, L>,
+) -> TestRun<U>
 where
     I: IntoIterator<Item = T>,
     I::IntoIter: Send + 'static,
     T: Send + 'static,
     U: Send + 'static,
+    L: 'static,
 {
     let (out, delivered) = sink::collect();
     let (dead, dead_letters) = sink::collect();
@@ -188,33 +192,33 @@ impl Faults {
     }
 
     /// The fault for attempt `attempt` of the item with key `key`.
-    pub fn draw(&self, key: u64, attempt: u32) -> Option<Fault> {
+    pub fn draw(&self, key: u64, attempt: u32) -> Option<InjectedFault> {
         let r = unit(mix(self.seed
             ^ mix(key)
             ^ mix(u64::from(attempt).wrapping_mul(0x9e37))));
         let mut edge = self.panic;
         if r < edge {
-            return Some(Fault::Panic);
+            return Some(InjectedFault::Panic);
         }
         edge += self.permanent;
         if r < edge {
-            return Some(Fault::Permanent);
+            return Some(InjectedFault::Permanent);
         }
         edge += self.error;
         if r < edge {
-            return Some(Fault::Error);
+            return Some(InjectedFault::Error);
         }
         edge += self.delay;
         if r < edge {
-            return Some(Fault::Delay(self.delay_for));
+            return Some(InjectedFault::Delay(self.delay_for));
         }
         None
     }
 }
 
-/// One injected fault.
+/// One injected fault (what [`Faults::draw`] picked for an attempt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub enum InjectedFault {
     /// A retryable error.
     Error,
     /// A permanent error.
@@ -294,6 +298,7 @@ where
     type Error = Injected<S::Error>;
 
     const DEAD_LETTER_ITEM: Option<crate::stage::ShowFn<S::In>> = S::DEAD_LETTER_ITEM;
+    const CLONE_IN: Option<fn(&S::In) -> S::In> = S::CLONE_IN;
 
     fn call(
         &self,
@@ -303,10 +308,10 @@ where
         let fault = self.faults.draw((self.key)(&item), cx.attempt());
         async move {
             match fault {
-                Some(Fault::Panic) => panic!("injected panic"),
-                Some(Fault::Error) => return Err(Injected::Error),
-                Some(Fault::Permanent) => return Err(Injected::Permanent),
-                Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+                Some(InjectedFault::Panic) => panic!("injected panic"),
+                Some(InjectedFault::Error) => return Err(Injected::Error),
+                Some(InjectedFault::Permanent) => return Err(Injected::Permanent),
+                Some(InjectedFault::Delay(d)) => tokio::time::sleep(d).await,
                 None => {}
             }
             self.stage.call(item, cx).await.map_err(Injected::Stage)
@@ -348,14 +353,14 @@ mod tests {
         let draws: Vec<_> = (0..100_000u64).map(|k| f.draw(k, 1)).collect();
         let again: Vec<_> = (0..100_000u64).map(|k| f.draw(k, 1)).collect();
         assert_eq!(draws, again);
-        let count = |x: Fault| draws.iter().filter(|d| **d == Some(x)).count();
+        let count = |x: InjectedFault| draws.iter().filter(|d| **d == Some(x)).count();
         assert!(
-            (4_500..5_500).contains(&count(Fault::Error)),
+            (4_500..5_500).contains(&count(InjectedFault::Error)),
             "{}",
-            count(Fault::Error)
+            count(InjectedFault::Error)
         );
-        assert!((800..1_200).contains(&count(Fault::Panic)));
-        assert!((50..150).contains(&count(Fault::Permanent)));
+        assert!((800..1_200).contains(&count(InjectedFault::Panic)));
+        assert!((50..150).contains(&count(InjectedFault::Permanent)));
         // Another attempt of the same item draws independently.
         assert_ne!(
             draws,

@@ -297,6 +297,20 @@ fn call(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
         .args
         .iter()
         .any(|arg| matches!(arg, Arg::Input { by_ref: true }));
+    // A retried by-value input is copied for each attempt that may be followed by
+    // another: the copy function, spanned on the `retry` key so a non-`Clone` input is
+    // reported there, with `RetryInput`'s message.
+    let retried = args
+        .retry
+        .get()
+        .filter(|r| r.value.attempts.get().is_some());
+    if let (Some(retry), false) = (retried, borrows && !blocking) {
+        let input = &stage.input;
+        let copy = respan(quote!(#p::clone_input::<#input>), retry.key);
+        tokens.extend(quote_spanned! {retry.key=>
+            const CLONE_IN: #p::Option<fn(&Self::In) -> Self::In> = #p::Some(#copy);
+        });
+    }
     if borrows && !blocking {
         let borrowed = body(p, stage, blocking, quote!(item));
         let ret_ref = respan(
@@ -310,10 +324,7 @@ fn call(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
                 &'pipeline_item self,
                 item: &'pipeline_item Self::In,
                 #cx: &'pipeline_item #p::Context,
-            ) -> #ret_ref
-            where
-                Self::In: #p::Clone + #p::Sync,
-            {
+            ) -> #ret_ref {
                 async move { #borrowed }
             }
         });

@@ -32,7 +32,7 @@ mod valid;
 /// ```
 /// use pipeline_core::prelude::*;
 ///
-/// # #[derive(Debug)] pub struct Order { id: u64 }
+/// # #[derive(Debug, Clone)] pub struct Order { id: u64 }
 /// # #[derive(Debug)] pub struct Enriched { id: u64, name: String }
 /// # pub struct Db;
 /// # impl Db { async fn name(&self, _: u64) -> Result<String, DbError> { Ok("x".into()) } }

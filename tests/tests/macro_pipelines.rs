@@ -300,10 +300,11 @@ async fn a_stage_that_borrows_its_input_is_retried_without_copies() {
     );
     assert_eq!(CLONES.load(Ordering::SeqCst), 0, "no copy kept for retries");
 
-    // By value, every attempt gets its own copy.
+    // By value, every attempt that may be followed by another gets its own copy; the
+    // last possible one takes the original.
     CLONES.store(0, Ordering::SeqCst);
     let run = testing::run((0..100).map(Counted), |b| b.stage(Owning)).await;
     assert_eq!(run.delivered.len(), 100);
     assert_eq!(OWNED_CALLS.load(Ordering::SeqCst), 300);
-    assert_eq!(CLONES.load(Ordering::SeqCst), 300);
+    assert_eq!(CLONES.load(Ordering::SeqCst), 200);
 }

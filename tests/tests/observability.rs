@@ -353,9 +353,9 @@ fn every_documented_metric_is_emitted_while_the_pipeline_runs() {
             let mut retry = RetryOptions::new(2);
             retry.backoff = Duration::from_millis(1);
             let mut breaker = BreakerOptions::default();
-            breaker.window = Window::Count(4);
-            breaker.min_calls = 4;
-            breaker.open_for = Duration::from_millis(100);
+            // A breaker that stays closed: its state gauge is still reported.
+            breaker.window = Window::Count(20);
+            breaker.min_calls = 20;
             let handle = Pipeline::builder("live")
                 .source(Steady {
                     next: 0,

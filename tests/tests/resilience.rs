@@ -355,3 +355,285 @@ async fn a_custom_schedule_sets_the_delays_and_ends_the_retries() {
     assert_eq!(calls[2] - calls[1], Duration::from_millis(50));
     assert_eq!(run.dead_letters[0].attempts, 3);
 }
+
+/// State that must be fresh for every call after a panic: counts calls since the last
+/// rebuild and records what the call after each rebuild saw.
+struct Fragile {
+    since_rebuild: AtomicU64,
+    rebuilds: Arc<AtomicU64>,
+    /// `since_rebuild` as seen by each retry that followed a panic.
+    seen_by_retries: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Stage for Fragile {
+    type In = u64;
+    type Output = u64;
+    type Shape = Map;
+    type Error = Infallible;
+
+    async fn call(&self, n: u64, cx: &Context) -> Result<u64, Infallible> {
+        let since = self.since_rebuild.fetch_add(1, Ordering::SeqCst);
+        if n == 7 && cx.attempt() == 1 {
+            panic!("injected panic on the first attempt of {n}");
+        }
+        if n == 7 {
+            self.seen_by_retries.lock().unwrap().push(since);
+        }
+        Ok(n)
+    }
+
+    fn restart(&self) -> Result<(), BoxError> {
+        self.since_rebuild.store(0, Ordering::SeqCst);
+        self.rebuilds.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_a_panic_runs_on_rebuilt_state_and_one_item_is_one_restart() {
+    quiet_injected_panics();
+    let rebuilds = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stage = Fragile {
+        since_rebuild: AtomicU64::new(0),
+        rebuilds: Arc::clone(&rebuilds),
+        seen_by_retries: Arc::clone(&seen),
+    };
+    let mut retry = RetryOptions::new(3);
+    retry.backoff = Duration::from_millis(1);
+    let run = testing::run(0..20u64, |b| {
+        b.stage(stage)
+            .name("fragile")
+            .retry(retry)
+            .restart(RestartOptions::new(1, Duration::from_secs(3_600)))
+    })
+    .await;
+    // Delivered on its retry; nothing failed; the pipeline did not stop.
+    assert!(run.report.failure.is_none(), "{}", run.report);
+    assert_eq!(run.delivered.len(), 20);
+    assert!(run.delivered.contains(&7));
+    assert!(run.dead_letters.is_empty());
+    // The state was rebuilt once, before the retry: the retry was its first call.
+    assert_eq!(rebuilds.load(Ordering::SeqCst), 1);
+    assert_eq!(*seen.lock().unwrap(), [0]);
+    let row = run.report.stage("fragile").unwrap();
+    assert_eq!((row.panics, row.restarts, row.retries), (1, 1, 1));
+    assert!(run.report.is_balanced());
+}
+
+/// Panics on every attempt of the items in `bad`.
+struct Poisoned {
+    bad: &'static [u64],
+}
+
+impl Stage for Poisoned {
+    type In = u64;
+    type Output = u64;
+    type Shape = Map;
+    type Error = Infallible;
+
+    async fn call(&self, n: u64, _cx: &Context) -> Result<u64, Infallible> {
+        assert!(!self.bad.contains(&n), "injected panic on {n}");
+        Ok(n)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_intensity_counts_items_not_attempts() {
+    quiet_injected_panics();
+    let mut retry = RetryOptions::new(4);
+    retry.backoff = Duration::from_millis(1);
+    // One item panicking on all four attempts is one restart: within `max = 1`.
+    let run = testing::run(0..50u64, |b| {
+        b.stage(Poisoned { bad: &[10] })
+            .name("poisoned")
+            .retry(retry.clone())
+            .restart(RestartOptions::new(1, Duration::from_secs(3_600)))
+    })
+    .await;
+    assert!(run.report.failure.is_none(), "{}", run.report);
+    assert_eq!(run.report.dead_lettered, 1);
+    assert_eq!(run.dead_letters[0].attempts, 4);
+    let row = run.report.stage("poisoned").unwrap();
+    assert_eq!(
+        (row.panics, row.restarts),
+        (4, 4),
+        "rebuilt after every panic"
+    );
+    // A second panicking item exceeds it: the pipeline stops naming the stage.
+    let run = testing::run(0..50u64, |b| {
+        b.stage(Poisoned { bad: &[10, 20] })
+            .name("poisoned")
+            .retry(retry)
+            .restart(RestartOptions::new(1, Duration::from_secs(3_600)))
+    })
+    .await;
+    let failure = run.report.failure.as_ref().expect("the pipeline stopped");
+    assert_eq!(failure.stage, "poisoned");
+    assert!(failure.error.contains("restart limit"), "{}", failure.error);
+    assert!(run.report.is_balanced(), "{}", run.report);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_breaker_never_dumps_through_an_outage_far_longer_than_its_attempts() {
+    let down = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&down);
+    let mut breaker = BreakerOptions::default();
+    breaker.window = Window::Count(5);
+    breaker.min_calls = 5;
+    breaker.open_for = Duration::from_secs(5);
+    breaker.half_open = 1;
+    let mut retry = RetryOptions::new(10);
+    retry.backoff = Duration::from_millis(100);
+    retry.max_backoff = Duration::from_millis(100);
+    retry.jitter = false;
+    let (sink, out) = sink::collect::<u64>();
+    let (dead, letters) = sink::collect();
+    let handle = Pipeline::builder("long-outage")
+        .source(source::iter(0..200u64))
+        .stage(stage::map_fn("call", move |n: u64| {
+            let down = flag.load(Ordering::SeqCst);
+            async move { if down { Err(Down) } else { Ok(n) } }
+        }))
+        .concurrency(4)
+        .breaker(breaker)
+        .retry(retry)
+        .sink(sink)
+        .dead_letter(dead)
+        .spawn();
+    // 600 s of outage: 10 attempts x 5 s open would be spent after ~50 s if probes
+    // counted as attempts.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let during = handle.stats();
+    assert_eq!(during.stage("call").unwrap().errors, 0, "nothing given up");
+    assert_ne!(
+        during.stage("call").unwrap().breaker,
+        Some(pipeline_core::policy::BreakerState::Closed)
+    );
+    down.store(false, Ordering::SeqCst);
+    let report = handle.join().await.unwrap();
+    assert_eq!(report.dead_lettered, 0, "{report}");
+    assert!(letters.take().is_empty());
+    assert_eq!(report.delivered, 200, "{report}");
+    assert_eq!(out.len(), 200);
+    assert!(report.is_balanced(), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closure_returning_a_permanent_fault_is_not_retried() {
+    use pipeline_core::policy::{Fault, Permanent};
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&calls);
+    let mut retry = RetryOptions::new(5);
+    retry.backoff = Duration::from_millis(1);
+    let run = testing::run(0..10u64, move |b| {
+        b.stage(stage::map_fn("check", move |n: u64| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    3 => Err(Permanent(Down))?,
+                    4 => Err(Down)?,
+                    _ => Ok::<_, Fault<Down>>(n),
+                }
+            }
+        }))
+        .retry(retry)
+    })
+    .await;
+    let mut letters = run.dead_letters.clone();
+    letters.sort_by_key(|d| d.attempts);
+    let attempts: Vec<u32> = letters.iter().map(|d| d.attempts).collect();
+    assert_eq!(
+        attempts,
+        [1, 5],
+        "the permanent fault once, the transient one five times"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 8 + 1 + 5);
+    assert_eq!(run.report.stage("check").unwrap().retries, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closure_stage_takes_a_retry_predicate() {
+    let mut retry = RetryOptions::new(5);
+    retry.backoff = Duration::from_millis(1);
+    let run = testing::run(0..10u64, move |b| {
+        b.stage(
+            stage::map_fn("pred", |n: u64| async move {
+                if n % 2 == 0 {
+                    Err(std::io::Error::new(std::io::ErrorKind::NotFound, "gone"))
+                } else {
+                    Ok(n)
+                }
+            })
+            .retry_when(|e: &std::io::Error| e.kind() != std::io::ErrorKind::NotFound),
+        )
+        .retry(retry)
+    })
+    .await;
+    assert_eq!(run.dead_letters.len(), 5);
+    assert!(run.dead_letters.iter().all(|d| d.attempts == 1));
+    assert_eq!(run.report.stage("pred").unwrap().retries, 0);
+}
+
+/// Counts its hooks; shows its items in dead letters; fails odd items.
+struct Hooked {
+    started: Arc<AtomicU64>,
+    stopped: Arc<AtomicU64>,
+}
+
+impl Stage for Hooked {
+    type In = u64;
+    type Output = u64;
+    type Shape = Map;
+    type Error = Down;
+
+    async fn call(&self, n: u64, _cx: &Context) -> Result<u64, Down> {
+        if n % 2 == 1 { Err(Down) } else { Ok(n) }
+    }
+
+    async fn on_start(&self) -> Result<(), BoxError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn on_stop(&self) -> Result<(), BoxError> {
+        self.stopped.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hooks_and_dead_letter_items_survive_every_policy() {
+    let started = Arc::new(AtomicU64::new(0));
+    let stopped = Arc::new(AtomicU64::new(0));
+    let stage = stage::show_items_as_json(Hooked {
+        started: Arc::clone(&started),
+        stopped: Arc::clone(&stopped),
+    });
+    let mut retry = RetryOptions::new(2);
+    retry.backoff = Duration::from_millis(1);
+    let run = testing::run(0..20u64, |b| {
+        b.stage(stage)
+            .name("hooked")
+            .timeout(Duration::from_secs(1))
+            .retry(retry)
+            .breaker(BreakerOptions::default())
+            .rate(RateOptions::new(1_000, Duration::from_secs(1)))
+            .restart(RestartOptions::new(3, Duration::from_secs(60)))
+            .concurrency(2)
+    })
+    .await;
+    assert_eq!(started.load(Ordering::SeqCst), 1, "on_start ran");
+    assert_eq!(stopped.load(Ordering::SeqCst), 1, "on_stop ran");
+    assert_eq!(run.delivered.len(), 10);
+    assert_eq!(run.dead_letters.len(), 10);
+    assert!(
+        run.dead_letters.iter().all(|d| d.attempts == 2
+            && d.item
+                .as_ref()
+                .and_then(|v| v.as_u64())
+                .is_some_and(|n| n % 2 == 1)),
+        "{:?}",
+        run.dead_letters
+    );
+}

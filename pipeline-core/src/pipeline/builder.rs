@@ -3,11 +3,14 @@
 //! Each element is kept pending until the next one is added, so settings written after it
 //! (`.stage(Parse).concurrency(4)`) still apply; the chain is wired backwards from the
 //! sink when the pipeline is built. Every stage is erased into a task once, at build time,
-//! so the builder's type is `Builder<Out>` whatever the chain's length.
+//! so the builder's type is `Builder<Out, LastIn>` whatever the chain's length (`LastIn`,
+//! the input of the stage added last, lets [`Builder::retry`] ask for `Clone` only where a
+//! retry needs a copy of the input).
 
 use std::any::Any;
 use std::borrow::Cow;
 use std::hash::Hash;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +27,7 @@ use crate::options::{
 use crate::policy::Policies;
 use crate::sink::{self, Sink};
 use crate::source::{self, Source};
-use crate::stage::{Emitted, Stage};
+use crate::stage::{Emitted, RetryInput, Stage};
 use crate::stats::{Counters, Kind};
 
 /// Wires the pending element to the edge it sends into; returns the node ids feeding it.
@@ -83,6 +86,7 @@ impl Pipeline {
             dead_tx,
             dead_rx: Some(dead_rx),
             ingest: None,
+            copies: std::collections::HashMap::new(),
         };
         // Node 0 is the dead-letter sink; its task is made by `build`.
         core.reserve("dead_letter", Kind::DeadLetter);
@@ -239,14 +243,21 @@ impl PipelineBuilder {
 /// Settings methods ([`concurrency`](Self::concurrency), [`buffer`](Self::buffer),
 /// [`timeout`](Self::timeout), ...) apply to the element added last and override what the
 /// stage declares itself.
+///
+/// `L` is the input type of the stage added last (`T` after anything else), so that
+/// [`retry`](Self::retry) can ask for `L: Clone`: items themselves need only
+/// `Send + 'static`.
 #[must_use = "a builder does nothing until it has a sink and is run"]
-pub struct Builder<T> {
+pub struct Builder<T, L = T> {
     core: Core,
     pending: Pending<T>,
     settings: StageOptions,
+    /// The node of the stage added last, if the element added last is a stage.
+    last: Option<usize>,
+    _last_in: PhantomData<fn() -> L>,
 }
 
-impl<T> std::fmt::Debug for Builder<T> {
+impl<T, L> std::fmt::Debug for Builder<T, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Builder").field("core", &self.core).finish()
     }
@@ -258,12 +269,14 @@ impl<T: Send + 'static> Builder<T> {
             core,
             pending,
             settings: StageOptions::default(),
+            last: None,
+            _last_in: PhantomData,
         }
     }
 
     /// A builder whose first element's input edge is handed to `slot` (a branch or a lane
     /// starting at router `node`).
-    fn entry(core: Core, node: usize, slot: &Slot<T>) -> Self {
+    fn entry(core: Core, node: usize, slot: &Slot<T>) -> Builder<T> {
         let fill = Arc::clone(slot);
         Builder::new(
             core,
@@ -275,13 +288,16 @@ impl<T: Send + 'static> Builder<T> {
             ),
         )
     }
+}
 
+impl<T: Send + 'static, L: 'static> Builder<T, L> {
     /// Closes the pending element over its settings.
     fn upstream(self) -> (Core, impl FnOnce(&mut Core, EdgeTx<T>) -> Vec<usize> + Send) {
         let Builder {
             core,
             pending,
             settings,
+            ..
         } = self;
         (core, move |core: &mut Core, tx: EdgeTx<T>| {
             pending(core, settings, tx)
@@ -292,14 +308,13 @@ impl<T: Send + 'static> Builder<T> {
     ///
     /// The stage runs inside the policies its options declare (timeout, retry, breaker,
     /// rate limit; panics are always caught), in the fixed order of [`crate::policy`].
-    /// Items are `Clone + Sync` so that a retry can call the stage again with the same
+    /// Items need only be `Send + 'static`. A retry calls the stage again with the same
     /// input: a stage that borrows its input ([`Stage::BORROWS`], a `#[stage]` fn taking
-    /// `&T`) lends the one item to every attempt; any other is given a clone per attempt,
-    /// and only when retries are configured. Wrap a payload that is neither in an `Arc`.
-    pub fn stage<S: Stage<In = T>>(mut self, stage: S) -> Builder<Emitted<S>>
-    where
-        T: Clone + Sync,
-    {
+    /// `&T`, whose input is then `Sync`) lends the one item to every attempt; any other
+    /// is given a copy per attempt that may be followed by another, which is why
+    /// [`retry`](Self::retry) asks for `Clone` (as `#[stage(retry(..))]` does on a
+    /// by-value input).
+    pub fn stage<S: Stage<In = T>>(mut self, stage: S) -> Builder<Emitted<S>, T> {
         let node = self.core.reserve("stage", Kind::Stage);
         let (core, upstream) = self.upstream();
         let pending: Pending<Emitted<S>> = Box::new(move |core, settings, tx| {
@@ -320,14 +335,19 @@ impl<T: Send + 'static> Builder<T> {
                 opts.when_full.unwrap_or_default(),
                 upstream,
             );
-            let stage = Policies::new(stage, &opts);
+            // The builder's `retry` left a copy function for this node.
+            let copy = core
+                .copies
+                .remove(&node)
+                .and_then(|copy| copy.downcast::<fn(&S::In) -> S::In>().ok())
+                .map(|copy| *copy);
+            let stage = Policies::build(stage, &opts, copy);
             if let Some(Some(row)) = core.rows.get_mut(node) {
                 row.policy = Some(Arc::clone(stage.counters()));
                 row.breaker = stage.breaker().cloned();
             }
             let task = StageTask {
                 stage,
-                restart: opts.restart,
                 name: Arc::clone(&name),
                 tx,
                 dead_tx: core.dead_tx.clone(),
@@ -340,14 +360,21 @@ impl<T: Send + 'static> Builder<T> {
             core.tasks.push(Task::new(name.to_string(), task.run(rx)));
             vec![node]
         });
-        Builder::new(core, pending)
+        let mut next = Builder::new(core, pending);
+        next.last = Some(node);
+        Builder {
+            core: next.core,
+            pending: next.pending,
+            settings: next.settings,
+            last: next.last,
+            _last_in: PhantomData,
+        }
     }
 
     /// Adds a stage from an async closure with one output per item; see
     /// [`stage::map_fn`](crate::stage::map_fn).
-    pub fn stage_fn<F, O, E, Fut>(self, name: &'static str, f: F) -> Builder<O>
+    pub fn stage_fn<F, O, E, Fut>(self, name: &'static str, f: F) -> Builder<O, T>
     where
-        T: Clone + Sync,
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send,
         O: Send + 'static,
@@ -441,11 +468,11 @@ impl<T: Send + 'static> Builder<T> {
     /// after `partition_by` (`.concurrency(n)`, `.buffer(n)`, ...) apply to the last
     /// element of every lane; the partitioner's own input edge holds 256 items and blocks
     /// when full. An item whose key fn panics is dead-lettered.
-    pub fn partition_by<K, U>(
+    pub fn partition_by<K, U, V>(
         mut self,
         lanes: usize,
         key: impl Fn(&T) -> K + Send + 'static,
-        lane: impl Fn(Builder<T>) -> Builder<U>,
+        lane: impl Fn(Builder<T>) -> Builder<U, V>,
     ) -> Builder<U>
     where
         K: Hash + 'static,
@@ -607,12 +634,6 @@ impl<T: Send + 'static> Builder<T> {
         self
     }
 
-    /// Retries of the stage added last.
-    pub fn retry(mut self, retry: RetryOptions) -> Self {
-        self.settings.retry = Some(retry);
-        self
-    }
-
     /// Circuit breaker of the stage added last.
     pub fn breaker(mut self, breaker: BreakerOptions) -> Self {
         self.settings.breaker = Some(breaker);
@@ -625,7 +646,9 @@ impl<T: Send + 'static> Builder<T> {
         self
     }
 
-    /// Supervision of the stage added last.
+    /// Supervision of the stage added last: how often items may panic it before the
+    /// pipeline stops (its state is rebuilt after every panicking call, before the
+    /// retry that follows).
     pub fn restart(mut self, restart: RestartOptions) -> Self {
         self.settings.restart = Some(restart);
         self
@@ -635,6 +658,43 @@ impl<T: Send + 'static> Builder<T> {
     /// earlier settings.
     pub fn options(mut self, options: StageOptions) -> Self {
         self.settings = options.or(self.settings);
+        self
+    }
+}
+
+impl<T: Send + 'static, L: RetryInput + 'static> Builder<T, L> {
+    /// Retries of the stage added last. A retry calls the stage again with a copy of its
+    /// input, so the stage's input `L` must be `Clone` (a `#[stage]` fn that borrows its
+    /// input needs no copy: give it `retry(..)` in its attribute, or set
+    /// [`StageOptions::retry`] through [`options`](Self::options)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use pipeline_core::options::RetryOptions;
+    /// use pipeline_core::prelude::*;
+    ///
+    /// let flaky = std::sync::atomic::AtomicU32::new(0);
+    /// let (sink, out) = sink::collect();
+    /// Pipeline::builder("retry")
+    ///     .source(source::iter([String::from("a")]))
+    ///     .stage_fn("flaky", move |s: String| {
+    ///         let first = flaky.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+    ///         async move { if first { Err(std::io::Error::other("once")) } else { Ok(s) } }
+    ///     })
+    ///     .retry(RetryOptions::new(2))
+    ///     .sink(sink)
+    ///     .run()
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(out.take(), ["a"]);
+    /// # }
+    /// ```
+    pub fn retry(mut self, retry: RetryOptions) -> Self {
+        self.settings.retry = Some(retry);
+        if let Some(node) = self.last {
+            let copy: fn(&L) -> L = crate::stage::clone_input::<L>;
+            self.core.copies.insert(node, Box::new(copy));
+        }
         self
     }
 }
@@ -673,16 +733,15 @@ fn split_off<T: Send + 'static>(
 ) -> (Core, Slot<T>) {
     let slot: Slot<T> = Arc::new(Mutex::new(None));
     let fill = Arc::clone(&slot);
-    let start = Builder {
+    let start = Builder::new(
         core,
-        pending: Box::new(
+        Box::new(
             move |_core: &mut Core, _settings: StageOptions, tx: EdgeTx<T>| {
                 put_slot(&fill, tx);
                 vec![node]
             },
         ),
-        settings: StageOptions::default(),
-    };
+    );
     let ready = branch(start);
     let Ready {
         mut core,

@@ -95,7 +95,7 @@ pub(crate) struct Row {
     pub(crate) counters: Arc<Counters>,
     pub(crate) input: Option<EdgeProbe>,
     /// A stage's policy event counters.
-    pub(crate) policy: Option<Arc<crate::policy::Counters>>,
+    pub(crate) policy: Option<Arc<crate::policy::PolicyCounters>>,
     /// A stage's circuit breaker.
     pub(crate) breaker: Option<Arc<crate::policy::CircuitBreaker>>,
     /// A broker source's lag and pending gauges.
@@ -155,6 +155,9 @@ pub(crate) struct Core {
     pub(crate) dead_tx: EdgeTx<DeadLetter>,
     pub(crate) dead_rx: Option<EdgeRx<DeadLetter>>,
     pub(crate) ingest: Option<Box<dyn Any + Send + Sync>>,
+    /// How to copy the input of the stage at node `n` for its retries, when the builder's
+    /// `retry` supplied it (`fn(&In) -> In`, erased).
+    pub(crate) copies: std::collections::HashMap<usize, Box<dyn Any + Send>>,
 }
 
 impl std::fmt::Debug for Core {

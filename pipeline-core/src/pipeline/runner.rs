@@ -8,7 +8,6 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 
-use futures::future::Either;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, Stream, StreamExt};
 
@@ -20,23 +19,20 @@ use crate::dead_letter::DeadLetter;
 use crate::edge::{EdgeRx, EdgeTx};
 use crate::envelope::{Batch, Items};
 use crate::error::{BoxError, Message, chain};
-use crate::options::{OnError, RestartOptions};
-use crate::policy::{Failure, Policies, RetryOutcome};
+use crate::options::OnError;
+use crate::policy::{Failure, Outcome as CallOutcome, Policies};
 use crate::stage::{Emitted, Shape, Stage};
 use crate::stats::Counters;
-use crate::supervise::{Supervisor, Verdict};
 
 /// An item whose call is under way. Dropped unsettled (an aborted task), it ends
 /// `Abandoned`.
-struct Claimed<T> {
+struct Claimed {
     origin: Arc<Origin>,
     idx: u32,
     settled: bool,
-    /// A copy of the input for its dead letter, for stages that show items.
-    kept: Option<T>,
 }
 
-impl<T> Drop for Claimed<T> {
+impl Drop for Claimed {
     fn drop(&mut self) {
         if !self.settled {
             self.origin.finish(self.idx, Outcome::Abandoned);
@@ -46,14 +42,13 @@ impl<T> Drop for Claimed<T> {
 
 /// The item whose call is under way when calls run one at a time. Dropped busy (an
 /// aborted task), the item ends `Abandoned`.
-struct Current<'o, T> {
+struct Current<'o> {
     origin: &'o Arc<Origin>,
     idx: u32,
     busy: bool,
-    kept: Option<T>,
 }
 
-impl<T> Drop for Current<'_, T> {
+impl Drop for Current<'_> {
     fn drop(&mut self) {
         if self.busy {
             self.origin.finish(self.idx, Outcome::Abandoned);
@@ -95,8 +90,8 @@ impl<F: Future> Stream for InFlight<F> {
 
 /// Everything a stage task owns.
 pub(crate) struct StageTask<S: Stage> {
+    /// The policy engine: every call of the stage goes through it.
     pub(crate) stage: Policies<S>,
-    pub(crate) restart: Option<RestartOptions>,
     pub(crate) name: Arc<str>,
     pub(crate) tx: EdgeTx<Emitted<S>>,
     pub(crate) dead_tx: EdgeTx<DeadLetter>,
@@ -117,7 +112,7 @@ struct Tally {
     dropped: usize,
 }
 
-type Outcome_<S> = RetryOutcome<<S as Stage>::Output, Failure<<S as Stage>::Error>>;
+type Outcome_<S> = CallOutcome<S>;
 
 /// What interrupted the processing of a batch.
 enum Step<S: Stage> {
@@ -125,39 +120,6 @@ enum Step<S: Stage> {
     Done,
     /// A flat-map output has more children than fit one batch: send as room allows.
     Children(Children<S>),
-    /// A call panicked: restart the stage (or escalate) before the next item.
-    Supervise,
-}
-
-/// The result of one call, whichever way the call was made.
-trait IntoOutcome<S: Stage> {
-    fn into_outcome(self) -> Outcome_<S>;
-}
-
-impl<S: Stage> IntoOutcome<S> for Result<S::Output, S::Error> {
-    #[inline]
-    fn into_outcome(self) -> Outcome_<S> {
-        RetryOutcome {
-            result: self.map_err(Failure::Call),
-            attempts: 1,
-            first_failure: None,
-        }
-    }
-}
-
-impl<S: Stage> IntoOutcome<S> for Outcome_<S> {
-    #[inline]
-    fn into_outcome(self) -> Outcome_<S> {
-        self
-    }
-}
-
-fn panicked<S: Stage>(panic: crate::policy::Panicked) -> Outcome_<S> {
-    RetryOutcome {
-        result: Err(Failure::Panicked(panic)),
-        attempts: 1,
-        first_failure: None,
-    }
 }
 
 /// A flat-map output's remaining children, with their parent's identity.
@@ -173,8 +135,6 @@ struct Results<'a, S: Stage> {
     out: Outbox<Emitted<S>>,
     dead: Outbox<DeadLetter>,
     tally: Tally,
-    supervisor: Supervisor,
-    panics_seen: u64,
     /// Size of the input batch at hand: output batches are allocated for about as many.
     hint: usize,
 }
@@ -185,10 +145,9 @@ impl<S: Stage> Results<'_, S> {
     ///
     /// [`push_children`]: Self::push_children
     #[inline(always)]
-    fn settle(&mut self, mut claim: Claimed<S::In>, outcome: Outcome_<S>) -> Option<Children<S>> {
+    fn settle(&mut self, mut claim: Claimed, outcome: Outcome_<S>) -> Option<Children<S>> {
         claim.settled = true;
-        let kept = claim.kept.take();
-        self.settle_parts(&claim.origin, claim.idx, kept, outcome)
+        self.settle_parts(&claim.origin, claim.idx, outcome)
     }
 
     /// Routes one call's result for item `idx` of `origin`. Returns the children of a
@@ -199,10 +158,10 @@ impl<S: Stage> Results<'_, S> {
         &mut self,
         origin: &Arc<Origin>,
         idx: u32,
-        kept: Option<S::In>,
         outcome: Outcome_<S>,
     ) -> Option<Children<S>> {
         self.tally.completed += 1;
+        let tries = outcome_meta::<S>(&outcome);
         match outcome.result {
             Ok(output) => {
                 // A flat-map's iterator is user code, pulled here, outside the call.
@@ -227,8 +186,7 @@ impl<S: Stage> Results<'_, S> {
                 None
             }
             Err(error) => {
-                let first = outcome.first_failure;
-                self.fail(origin, idx, &error, outcome.attempts, first, kept);
+                self.fail(origin, idx, &error, &tries, outcome.input);
                 None
             }
         }
@@ -244,16 +202,11 @@ impl<S: Stage> Results<'_, S> {
         direct: &mut bool,
         origin: &Arc<Origin>,
         idx: u32,
-        kept: Option<S::In>,
         outcome: Outcome_<S>,
     ) -> Option<Children<S>> {
         if *direct {
-            let RetryOutcome {
-                result,
-                attempts,
-                first_failure,
-            } = outcome;
-            match result {
+            let tries = outcome_meta::<S>(&outcome);
+            match outcome.result {
                 Ok(output) => {
                     let mut items = <S::Shape as Shape<S::Output>>::items(output);
                     // Not a flat-map: one output at most.
@@ -270,16 +223,13 @@ impl<S: Stage> Results<'_, S> {
                 }
                 Err(error) => {
                     self.leave_direct(batch, direct);
-                    let outcome = RetryOutcome {
-                        result: Err(error),
-                        attempts,
-                        first_failure,
-                    };
-                    return self.settle_parts(origin, idx, kept, outcome);
+                    self.tally.completed += 1;
+                    self.fail(origin, idx, &error, &tries, outcome.input);
+                    return None;
                 }
             }
         }
-        self.settle_parts(origin, idx, kept, outcome)
+        self.settle_parts(origin, idx, outcome)
     }
 
     /// The outputs held in the batch leave for the outbox; items are settled one by one
@@ -332,27 +282,41 @@ impl<S: Stage> Results<'_, S> {
                 let failure = Failure::Panicked(crate::policy::Panicked::new(format!(
                     "flat-map iterator panicked: {message}"
                 )));
-                self.fail(origin, idx, &failure, 1, None, None);
+                let tries = Tries {
+                    attempts: 1,
+                    probes: 0,
+                    first_failure: None,
+                };
+                self.fail(origin, idx, &failure, &tries, None);
                 None
             }
         }
     }
 
-    /// Settles a result, then deals with flat-map children and panics if there are any.
+    /// Settles a result, then deals with flat-map children if there are any.
     #[inline]
-    async fn settle_all(&mut self, claim: Claimed<S::In>, outcome: Outcome_<S>) {
+    async fn settle_all(&mut self, claim: Claimed, outcome: Outcome_<S>) {
+        self.supervise(&outcome);
         if let Some(children) = self.settle(claim, outcome) {
             self.push_children(children).await;
         }
-        if self.panicked() {
-            self.supervise().await;
-        }
     }
 
-    /// Whether a call panicked since the supervisor last looked (one atomic load).
+    /// What the engine reports of supervision: the state rebuilds it made after the
+    /// item's panics, and whether the pipeline must stop (the restart limit was
+    /// exceeded, or a restart failed).
     #[inline(always)]
-    fn panicked(&self) -> bool {
-        self.task.stage.counters().panics() != self.panics_seen
+    fn supervise(&mut self, outcome: &Outcome_<S>) {
+        if outcome.panics == 0 {
+            return;
+        }
+        let task = self.task;
+        for _ in 0..outcome.restarts() {
+            task.counters.restarted();
+        }
+        if let Some(why) = outcome.stop() {
+            task.control.fail(&task.name, why.to_owned());
+        }
     }
 
     fn fail(
@@ -360,10 +324,14 @@ impl<S: Stage> Results<'_, S> {
         origin: &Arc<Origin>,
         idx: u32,
         error: &Failure<S::Error>,
-        attempts: u32,
-        first_failure: Option<tokio::time::Instant>,
+        meta: &Tries,
         item: Option<S::In>,
     ) {
+        let Tries {
+            attempts,
+            probes,
+            first_failure,
+        } = *meta;
         self.tally.errors += 1;
         let task = self.task;
         let text = chain(error);
@@ -371,8 +339,9 @@ impl<S: Stage> Results<'_, S> {
         match task.on_error {
             OnError::DeadLetter => {
                 self.tally.dead_lettered += 1;
-                tracing::warn!(stage = %task.name, error = %text, attempts, "item dead-lettered");
+                tracing::warn!(stage = %task.name, error = %text, attempts, probes, "item dead-lettered");
                 let mut record = DeadLetter::new(&*task.name, text, attempts);
+                record.probes = probes;
                 if let Some(first) = first_failure {
                     let ago = tokio::time::Instant::now().saturating_duration_since(first);
                     record.first_failure = record
@@ -397,46 +366,6 @@ impl<S: Stage> Results<'_, S> {
         }
     }
 
-    /// Restarts the stage after any panic since the last look (one atomic load), or
-    /// escalates when the restart intensity is exceeded.
-    async fn supervise(&mut self) {
-        let task = self.task;
-        let panics = task.stage.counters().panics();
-        while self.panics_seen < panics {
-            self.panics_seen += 1;
-            match self.supervisor.on_panic(tokio::time::Instant::now()) {
-                Verdict::Restart(after) => {
-                    tracing::warn!(stage = %task.name, ?after, "stage panicked; restarting");
-                    task.counters.restarted();
-                    if !after.is_zero() {
-                        // Flush first: what is done must not wait for the backoff.
-                        self.flush().await;
-                        tokio::time::sleep(after).await;
-                    }
-                    let rebuilt = catch_unwind(AssertUnwindSafe(|| task.stage.get_ref().restart()))
-                        .unwrap_or_else(|payload| {
-                            Err(Message(
-                                crate::policy::Panicked::from_payload(&*payload)
-                                    .message()
-                                    .to_owned(),
-                            )
-                            .into())
-                        });
-                    if let Err(error) = rebuilt {
-                        task.control
-                            .fail(&task.name, format!("restart failed: {}", chain(&*error)));
-                    }
-                }
-                Verdict::Escalate { restarts, within } => {
-                    task.control.fail(
-                        &task.name,
-                        format!("stage panicked {restarts} times within {within:?}; restart limit exceeded"),
-                    );
-                }
-            }
-        }
-    }
-
     async fn flush(&mut self) {
         let task = self.task;
         let t = std::mem::take(&mut self.tally);
@@ -451,47 +380,30 @@ impl<S: Stage> Results<'_, S> {
     }
 }
 
-impl<S: Stage> StageTask<S>
-where
-    S::In: Clone + Sync,
-{
-    /// A copy of the input for its dead letter, if the stage shows items (a constant: no
-    /// cost for stages that do not).
-    #[inline(always)]
-    fn keep(&self, item: &S::In) -> Option<S::In> {
-        (S::DEAD_LETTER_ITEM.is_some() && self.on_error == OnError::DeadLetter)
-            .then(|| item.clone())
-    }
-
+impl<S: Stage> StageTask<S> {
     /// Claims an item for a call that may overlap others.
     #[inline]
-    fn claim(&self, origin: Arc<Origin>, idx: u32, item: &S::In) -> Claimed<S::In> {
-        let kept = self.keep(item);
+    fn claim(&self, origin: Arc<Origin>, idx: u32) -> Claimed {
         Claimed {
             origin,
             idx,
             settled: false,
-            kept,
         }
     }
 
-    /// Calls the stage for one item at a time. Each call's future is built in one pinned
-    /// slot and polled at once, inside one poll of the task: a call that is ready at once
-    /// (most maps) costs no await, no allocation and no reference count; only a call that
-    /// is not ready makes the task wait. Panics are caught around every poll.
-    async fn one_at_a_time<F, Fut>(
+    /// Calls the stage for one item at a time. Each call's future (the policy engine's
+    /// [`attempt`](Policies::attempt)) is built in one pinned slot and polled at once,
+    /// inside one poll of the task: a call that is ready at once (most maps) costs no
+    /// await, no allocation and no reference count; only a call that is not ready makes
+    /// the task wait. The engine catches panics; nothing here can unwind.
+    async fn one_at_a_time(
         &self,
         rx: &mut EdgeRx<S::In>,
         results: &mut Results<'_, S>,
         cx: &Context,
-        make: F,
-    ) where
-        F: Fn(S::In) -> Fut,
-        Fut: Future,
-        Fut::Output: IntoOutcome<S>,
-    {
-        let catch = self.stage.catch_panic();
-        let mut slot = pin!(None::<Fut>);
+    ) {
+        let stage = &self.stage;
+        let mut slot = pin!(None);
         while let Some(batch) = rx.recv().await {
             self.counters.received(batch.len());
             results.hint = batch.len();
@@ -506,70 +418,40 @@ where
                 origin: &origin,
                 idx: 0,
                 busy: false,
-                kept: None,
             };
             loop {
                 let step: Step<S> = poll_fn(|tcx| {
                     loop {
                         if let Some(fut) = slot.as_mut().as_pin_mut() {
-                            let outcome = match catch_unwind(AssertUnwindSafe(|| fut.poll(tcx))) {
-                                Ok(Poll::Pending) => return Poll::Pending,
-                                Ok(Poll::Ready(out)) => IntoOutcome::<S>::into_outcome(out),
-                                Err(payload) => panicked::<S>(catch.caught(&*payload, cx)),
+                            let outcome = match Future::poll(fut, tcx) {
+                                Poll::Pending => return Poll::Pending,
+                                Poll::Ready(outcome) => outcome,
                             };
                             slot.set(None);
                             current.busy = false;
-                            let kept = current.kept.take();
+                            results.supervise(&outcome);
                             if let Some(children) = results.settle_batched(
                                 &mut batch,
                                 &mut direct,
                                 &origin,
                                 current.idx,
-                                kept,
                                 outcome,
                             ) {
                                 return Poll::Ready(Step::Children(children));
-                            }
-                            if results.panicked() {
-                                return Poll::Ready(Step::Supervise);
                             }
                         }
                         let Some((idx, item)) = batch.next() else {
                             return Poll::Ready(Step::Done);
                         };
-                        let kept = self.keep(&item);
-                        // A hand-written `call` may panic before it returns its future.
-                        match catch_unwind(AssertUnwindSafe(|| make(item))) {
-                            Ok(fut) => {
-                                slot.set(Some(fut));
-                                current.idx = idx;
-                                current.busy = true;
-                                current.kept = kept;
-                            }
-                            Err(payload) => {
-                                let outcome = panicked::<S>(catch.caught(&*payload, cx));
-                                if let Some(children) = results.settle_batched(
-                                    &mut batch,
-                                    &mut direct,
-                                    &origin,
-                                    idx,
-                                    kept,
-                                    outcome,
-                                ) {
-                                    return Poll::Ready(Step::Children(children));
-                                }
-                                if results.panicked() {
-                                    return Poll::Ready(Step::Supervise);
-                                }
-                            }
-                        }
+                        slot.set(Some(stage.attempt(item, cx)));
+                        current.idx = idx;
+                        current.busy = true;
                     }
                 })
                 .await;
                 match step {
                     Step::Done => break,
                     Step::Children(children) => results.push_children(children).await,
-                    Step::Supervise => results.supervise().await,
                 }
             }
             drop(current);
@@ -577,26 +459,8 @@ where
                 results.out.push_batch(batch.into_outputs());
             }
             results.task.counters.timed(timing);
+            stage.end_batch();
             results.flush().await;
-        }
-    }
-
-    /// One item through the policies; without any, straight to the panic-capturing call.
-    #[inline]
-    fn call<'a>(
-        &'a self,
-        item: S::In,
-        cx: &'a Context,
-    ) -> impl Future<Output = Outcome_<S>> + Send + 'a {
-        if self.stage.is_plain() {
-            let catch = self.stage.catch_panic();
-            Either::Left(catch.call(item, cx).map(|result| RetryOutcome {
-                result,
-                attempts: 1,
-                first_failure: None,
-            }))
-        } else {
-            Either::Right(self.stage.run_shared(item, cx))
         }
     }
 
@@ -608,8 +472,6 @@ where
             out: Outbox::new(),
             dead: Outbox::new(),
             tally: Tally::default(),
-            supervisor: Supervisor::new(self.restart),
-            panics_seen: 0,
             hint: 1,
         };
         // The hooks run on the stage itself, not through the policies. A start that fails
@@ -622,18 +484,11 @@ where
             return;
         }
         if task.concurrency <= 1 {
-            if task.stage.is_plain() {
-                let catch = task.stage.catch_panic();
-                let make = |item| catch.get_ref().call(item, &cx);
-                task.one_at_a_time(&mut rx, &mut results, &cx, make).await;
-            } else {
-                let make = |item| task.stage.run_shared(item, &cx);
-                task.one_at_a_time(&mut rx, &mut results, &cx, make).await;
-            }
+            task.one_at_a_time(&mut rx, &mut results, &cx).await;
         } else {
-            let call = |claim: Claimed<S::In>, item: S::In| {
+            let call = |claim: Claimed, item: S::In| {
                 let cx = &cx;
-                async move { (claim, task.call(item, cx).await) }
+                async move { (claim, task.stage.attempt(item, cx).await) }
             };
             results.hint = MAX_BATCH;
             let mut running = if task.ordered {
@@ -663,10 +518,11 @@ where
                         continue;
                     };
                     let origin = Arc::clone(batch.origin());
-                    let claim = task.claim(origin, idx, &item);
+                    let claim = task.claim(origin, idx);
                     running.push(call(claim, item));
                 }
                 if running.len() == 0 {
+                    task.stage.end_batch();
                     results.flush().await;
                     if closed {
                         break;
@@ -692,6 +548,7 @@ where
                         {
                             results.settle_all(claim, result).await;
                         }
+                        task.stage.end_batch();
                         results.flush().await;
                     }
                     batch = rx.recv(), if room => match batch {
@@ -705,6 +562,7 @@ where
                 }
             }
         }
+        task.stage.end_batch();
         results.flush().await;
         drop(rx);
         if let Err(error) = hook(task.stage.get_ref().on_stop()).await {
@@ -733,4 +591,21 @@ async fn hook(run: impl Future<Output = Result<(), BoxError>>) -> Result<(), Box
             let panic = crate::policy::Panicked::from_payload(&*payload);
             Err(Message(format!("panicked: {}", panic.message())).into())
         })
+}
+
+/// An item's tries, for its dead letter.
+#[derive(Clone, Copy)]
+struct Tries {
+    attempts: u32,
+    probes: u32,
+    first_failure: Option<tokio::time::Instant>,
+}
+
+#[inline]
+fn outcome_meta<S: Stage>(outcome: &Outcome_<S>) -> Tries {
+    Tries {
+        attempts: outcome.attempts,
+        probes: outcome.probes,
+        first_failure: outcome.first_failure,
+    }
 }

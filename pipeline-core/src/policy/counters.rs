@@ -1,13 +1,11 @@
-//! [`Counters`]: the per-stage event counts every policy wrapper updates.
+//! [`PolicyCounters`]: the per-stage event counts of the policy engine.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::Stage;
-
-/// Event counts of one stage's policies, shared through an `Arc` by every wrapper of the
-/// stage and read by the runtime for its `stats()` snapshot.
+/// Event counts of one stage's policies, shared through an `Arc` by the stage's [`Policies`](crate::policy::Policies)
+/// (and its breaker) and read by the runtime for its `stats()` snapshot.
 ///
 /// Each field moves only when its event happens (a retry, a timeout, ...), never per item
 /// on the happy path. Every increment is also reported to the [`metrics`] facade under the
@@ -27,13 +25,13 @@ use crate::Stage;
 /// # Examples
 ///
 /// ```
-/// use pipeline_core::policy::Counters;
+/// use pipeline_core::policy::PolicyCounters;
 ///
-/// let counters = Counters::new("enrich");
+/// let counters = PolicyCounters::new("enrich");
 /// assert_eq!(counters.stage(), "enrich");
 /// assert_eq!(counters.snapshot().retries, 0);
 /// ```
-pub struct Counters {
+pub struct PolicyCounters {
     stage: Arc<str>,
     retries: AtomicU64,
     budget_exhausted: AtomicU64,
@@ -45,10 +43,10 @@ pub struct Counters {
     rate_waits: AtomicU64,
 }
 
-/// A plain copy of [`Counters`] at one moment.
+/// A plain copy of [`PolicyCounters`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct CountersSnapshot {
+pub struct PolicyCounts {
     /// Attempts started again after a retryable failure.
     pub retries: u64,
     /// Retries refused because the retry budget was empty.
@@ -80,10 +78,10 @@ pub(crate) enum Event {
     RateWait,
 }
 
-impl Counters {
+impl PolicyCounters {
     /// Zeroed counters for the stage named `stage`.
     pub fn new(stage: impl Into<Arc<str>>) -> Self {
-        Counters {
+        PolicyCounters {
             stage: stage.into(),
             retries: AtomicU64::new(0),
             budget_exhausted: AtomicU64::new(0),
@@ -94,16 +92,6 @@ impl Counters {
             breaker_waits: AtomicU64::new(0),
             rate_waits: AtomicU64::new(0),
         }
-    }
-
-    /// Counters named after `stage`'s declared name (or its type when it declares none),
-    /// the default of every wrapper built without [`with_counters`](crate::policy::Retry::with_counters).
-    pub(crate) fn for_stage<S: Stage>(stage: &S) -> Arc<Self> {
-        let name = match stage.options().name {
-            Some(name) => name.into_owned(),
-            None => crate::stage::short_type_name::<S>().to_owned(),
-        };
-        Arc::new(Counters::new(name))
     }
 
     /// The stage these counters belong to.
@@ -157,8 +145,8 @@ impl Counters {
     }
 
     /// Every counter at once (each read on its own; not an atomic snapshot of all).
-    pub fn snapshot(&self) -> CountersSnapshot {
-        CountersSnapshot {
+    pub fn snapshot(&self) -> PolicyCounts {
+        PolicyCounts {
             retries: self.retries(),
             budget_exhausted: self.budget_exhausted(),
             timeouts: self.timeouts(),
@@ -196,9 +184,9 @@ impl Counters {
     }
 }
 
-impl fmt::Debug for Counters {
+impl fmt::Debug for PolicyCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Counters")
+        f.debug_struct("PolicyCounters")
             .field("stage", &self.stage)
             .field("counts", &self.snapshot())
             .finish()
@@ -211,7 +199,7 @@ mod tests {
 
     #[test]
     fn record_moves_only_its_counter() {
-        let c = Counters::new("s");
+        let c = PolicyCounters::new("s");
         c.record(Event::Retry);
         c.record(Event::Retry);
         c.record(Event::Panic);

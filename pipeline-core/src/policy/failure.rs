@@ -7,13 +7,8 @@ use crate::policy::timeout::Elapsed;
 /// Why an attempt of a policy-wrapped stage failed: the stage's own error, or one of the
 /// events the policies produce.
 ///
-/// [`CatchPanic`](crate::policy::CatchPanic) lifts a stage's `Result<_, E>` into
-/// `Result<_, Failure<E>>`; every other wrapper keeps its inner stage's error type and
-/// only needs to build its own event from it (`S::Error: From<Elapsed>` for
-/// [`Timeout`](crate::policy::Timeout), `From<BreakerOpen>` for
-/// [`Breaker`](crate::policy::Breaker)), so a whole stack has the single error type
-/// `Failure<E>` instead of one nesting per layer. A stage's own error type may implement
-/// those `From`s too, to use a wrapper without `CatchPanic`.
+/// Every call through the policy engine ([`Policies`](crate::policy::Policies)) fails
+/// with one flat `Failure<E>`, whichever policy produced the event.
 ///
 /// `Display` and `source()` are transparent: a `Failure` reads as the error it holds, so
 /// [`error::chain`](crate::error::chain) of a `Failure::Call` is the stage error's chain.

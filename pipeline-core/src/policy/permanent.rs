@@ -8,11 +8,13 @@
 /// `is_permanent` from it. `?` on an `E` gives a transient fault; `?` on a
 /// [`Permanent`]`(e)` gives a permanent one.
 ///
-/// Permanent errors are not retried by [`Retry`](crate::policy::Retry) and are not
-/// counted by the [`Breaker`](crate::policy::Breaker) (neither failure nor success); they
-/// go to the stage's `on_error` at once. The policies learn it only through
-/// `Stage::is_permanent`, so a hand-written stage adds the one-line override shown below
-/// (the `#[stage]` macro writes it when the function returns `Fault`).
+/// Permanent errors are not retried by the policy engine ([`Policies`](crate::policy::Policies))
+/// and are not counted by the circuit breaker (neither failure nor success); they go to
+/// the stage's `on_error` at once. The engine recognises a `Fault` by itself, whatever
+/// the stage (a closure stage from [`stage::map_fn`](crate::stage::map_fn) included); a
+/// hand-written stage may still answer [`Stage::is_permanent`](crate::Stage::is_permanent)
+/// from it, as below (the `#[stage]` macro writes that override when the function
+/// returns `Fault`).
 ///
 /// # Examples
 ///
@@ -49,14 +51,46 @@
 /// let fault: Fault<BadInput> = BadInput("y".into()).into();
 /// assert!(!fault.is_permanent());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault<E> {
     /// May succeed if tried again (the default for `?` on an `E`).
-    #[error(transparent)]
     Transient(E),
     /// Will fail however often it is tried.
-    #[error(transparent)]
     Permanent(E),
+}
+
+/// What a permanent [`Fault`] answers to the (deprecated, but stable and object-safe)
+/// `Error::description`: the mark by which the policy engine recognises a permanent
+/// fault behind any `&dyn Error`, so a closure stage returning `Fault` needs no
+/// `is_permanent` override (generic code cannot ask "is this `E` a `Fault<_>`?").
+const PERMANENT_MARK: &str = "pipeline_core::policy::Fault::Permanent";
+
+/// Whether `error` is a [`Fault::Permanent`] (seen through `dyn Error`).
+pub(crate) fn marked_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
+    #[allow(deprecated)]
+    let mark = error.description();
+    mark == PERMANENT_MARK
+}
+
+// `Display` and `source` are transparent, as `#[error(transparent)]` would make them.
+impl<E: std::fmt::Display> std::fmt::Display for Fault<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get_ref().fmt(f)
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for Fault<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.get_ref().source()
+    }
+
+    #[allow(deprecated)]
+    fn description(&self) -> &str {
+        match self {
+            Fault::Permanent(_) => PERMANENT_MARK,
+            Fault::Transient(e) => e.description(),
+        }
+    }
 }
 
 impl<E> Fault<E> {

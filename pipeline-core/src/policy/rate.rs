@@ -1,19 +1,12 @@
-//! [`RateLimiter`] (GCRA on tokio's clock) and the [`RateLimit`] stage wrapper.
+//! [`RateLimiter`]: GCRA on tokio's clock.
 
 use std::fmt;
-use std::future::Future;
-
-use futures::future::Either;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::Context;
-use crate::Stage;
-use crate::options::{RateOptions, StageOptions};
-use crate::policy::counters::{Counters, Event};
+use crate::options::RateOptions;
 
 /// A call was refused by a [`RateLimiter`]; one will be allowed at [`ready_at`](Self::ready_at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -90,25 +83,65 @@ impl RateLimiter {
     ///
     /// [`Overloaded`] when the rate is used up; nothing is taken then.
     pub fn try_acquire(&self) -> Result<(), Overloaded> {
+        self.try_acquire_many(1).map(|_| ())
+    }
+
+    /// Takes up to `max` call slots now, as many as are free (at least one), or says
+    /// when one will be. One clock read however many are taken. The policy engine takes
+    /// its tokens this way, in chunks of at most the burst, and spends them one per call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pipeline_core::options::RateOptions;
+    /// use pipeline_core::policy::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let limiter = RateLimiter::new(RateOptions::new(10, Duration::from_secs(1)).with_burst(4));
+    /// assert_eq!(limiter.try_acquire_many(100).ok(), Some(4)); // the burst
+    /// assert!(limiter.try_acquire_many(100).is_err());
+    /// tokio::time::advance(Duration::from_millis(200)).await;
+    /// assert_eq!(limiter.try_acquire_many(100).ok(), Some(2));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Overloaded`] when no slot is free; nothing is taken then.
+    pub fn try_acquire_many(&self, max: u32) -> Result<u32, Overloaded> {
+        let max = u64::from(max.max(1));
         let now = self.nanos(Instant::now());
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let start = tat.max(now);
-            if start - now > self.tolerance {
+            let ahead = start - now;
+            if ahead > self.tolerance {
                 let ready = start - self.tolerance;
                 return Err(Overloaded {
                     ready_at: self.origin + Duration::from_nanos(ready),
                 });
             }
-            let next = start.saturating_add(self.interval);
+            // Slot `i` of the chunk starts at `start + i * interval`; each must be within
+            // the tolerance.
+            let free = match (self.tolerance - ahead).checked_div(self.interval) {
+                Some(more) => more.saturating_add(1),
+                None => u64::MAX,
+            };
+            let take = free.min(max);
+            let next = start.saturating_add(self.interval.saturating_mul(take));
             match self
                 .tat
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(u32::try_from(take).unwrap_or(u32::MAX)),
                 Err(actual) => tat = actual,
             }
         }
+    }
+
+    /// The most tokens one [`try_acquire_many`](Self::try_acquire_many) may take: the burst.
+    pub fn burst(&self) -> u32 {
+        let calls = self.opts.calls.max(1);
+        self.opts.burst.unwrap_or(calls).max(1)
     }
 
     /// Waits until a call slot is free and takes it.
@@ -138,189 +171,10 @@ impl fmt::Debug for RateLimiter {
     }
 }
 
-/// Wraps a stage so that each attempt first waits for a [`RateLimiter`] slot.
-///
-/// Waiting costs no attempt and produces no error; the waiting item keeps its
-/// concurrency slot, so a saturated rate backpressures the source. With no rate
-/// (`RateLimit::optional(stage, None)`) it is a pass-through.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use pipeline_core::options::RateOptions;
-/// use pipeline_core::policy::RateLimit;
-/// use pipeline_core::prelude::*;
-///
-/// struct Echo;
-/// impl Stage for Echo {
-///     type In = u32;
-///     type Output = u32;
-///     type Shape = Map;
-///     type Error = std::convert::Infallible;
-///     async fn call(&self, n: u32, _cx: &Context) -> Result<u32, Self::Error> { Ok(n) }
-/// }
-///
-/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-/// let stage = RateLimit::new(Echo, RateOptions::new(10, Duration::from_secs(1)));
-/// let start = tokio::time::Instant::now();
-/// for n in 0..20 {
-///     stage.call(n, &Context::new("echo")).await.unwrap();
-/// }
-/// // 10 at once, then one every 100 ms.
-/// assert_eq!(start.elapsed(), Duration::from_millis(1000));
-/// assert_eq!(stage.counters().rate_waits(), 10);
-/// # }
-/// ```
-pub struct RateLimit<S> {
-    inner: S,
-    limiter: Option<Arc<RateLimiter>>,
-    counters: Arc<Counters>,
-}
-
-impl<S: Stage> RateLimit<S> {
-    /// Limits `inner` to `rate`.
-    pub fn new(inner: S, rate: RateOptions) -> Self {
-        RateLimit::optional(inner, Some(rate))
-    }
-
-    /// A limit if `rate` is `Some`; a pass-through otherwise.
-    pub fn optional(inner: S, rate: Option<RateOptions>) -> Self {
-        let counters = Counters::for_stage(&inner);
-        RateLimit {
-            inner,
-            limiter: rate.map(|r| Arc::new(RateLimiter::new(r))),
-            counters,
-        }
-    }
-
-    /// Limits `inner` with a shared limiter (several stages under one rate).
-    pub fn with_limiter(inner: S, limiter: Arc<RateLimiter>) -> Self {
-        let counters = Counters::for_stage(&inner);
-        RateLimit {
-            inner,
-            limiter: Some(limiter),
-            counters,
-        }
-    }
-}
-
-impl<S> RateLimit<S> {
-    /// Counts waits into `counters` (shared with the stage's other policies).
-    #[must_use]
-    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
-        self.counters = counters;
-        self
-    }
-
-    /// The limiter, if any.
-    pub fn limiter(&self) -> Option<&Arc<RateLimiter>> {
-        self.limiter.as_ref()
-    }
-
-    /// The event counts of this wrapper.
-    pub fn counters(&self) -> &Arc<Counters> {
-        &self.counters
-    }
-
-    /// The wrapped stage.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped stage, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the stage.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S: Stage> Stage for RateLimit<S> {
-    type In = S::In;
-    type Output = S::Output;
-    type Shape = S::Shape;
-    type Error = S::Error;
-
-    // Forwarded: dead letters of the wrapped stage still show the item.
-    const DEAD_LETTER_ITEM: Option<fn(&S::In) -> Option<serde_json::Value>> = S::DEAD_LETTER_ITEM;
-
-    fn call(
-        &self,
-        item: S::In,
-        cx: &Context,
-    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send {
-        // No limiter, or a token at once: the inner call itself, with no extra state.
-        match self.limiter.as_ref().filter(|l| l.try_acquire().is_err()) {
-            None => Either::Left(self.inner.call(item, cx)),
-            Some(limiter) => Either::Right(self.wait(limiter, || self.inner.call(item, cx), cx)),
-        }
-    }
-
-    const BORROWS: bool = S::BORROWS;
-
-    fn call_ref<'a>(
-        &'a self,
-        item: &'a S::In,
-        cx: &'a Context,
-    ) -> impl Future<Output = Result<S::Output, S::Error>> + Send + 'a
-    where
-        S::In: Clone + Sync,
-    {
-        match self.limiter.as_ref().filter(|l| l.try_acquire().is_err()) {
-            None => Either::Left(self.inner.call_ref(item, cx)),
-            Some(limiter) => {
-                Either::Right(self.wait(limiter, || self.inner.call_ref(item, cx), cx))
-            }
-        }
-    }
-
-    fn is_permanent(&self, error: &S::Error) -> bool {
-        self.inner.is_permanent(error)
-    }
-
-    fn restart(&self) -> Result<(), crate::error::BoxError> {
-        self.inner.restart()
-    }
-
-    fn options(&self) -> StageOptions {
-        self.inner.options()
-    }
-}
-
-impl<S: Stage> RateLimit<S> {
-    /// Waits for a token (none was free at once), then runs the attempt `make` builds.
-    async fn wait<F>(
-        &self,
-        limiter: &RateLimiter,
-        make: impl FnOnce() -> F,
-        cx: &Context,
-    ) -> F::Output
-    where
-        F: Future,
-    {
-        self.counters.record(Event::RateWait);
-        tracing::trace!(stage = cx.stage(), "waiting for rate limit");
-        limiter.until_ready().await;
-        make().await
-    }
-}
-
-impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimit")
-            .field("inner", &self.inner)
-            .field("limiter", &self.limiter)
-            .finish_non_exhaustive()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::time::advance;
 
     fn per_sec(calls: u32) -> RateLimiter {

@@ -51,10 +51,7 @@ where
         cx: &'pipeline_item ::pipeline_core::__private::Context,
     ) -> impl ::pipeline_core::__private::Future<
         Output = ::pipeline_core::__private::Result<Self::Output, Self::Error>,
-    > + ::pipeline_core::__private::Send + 'pipeline_item
-    where
-        Self::In: ::pipeline_core::__private::Clone + ::pipeline_core::__private::Sync,
-    {
+    > + ::pipeline_core::__private::Send + 'pipeline_item {
         async move { enrich(item, &self.db, cx).await }
     }
     fn is_permanent(&self, error: &Self::Error) -> bool {

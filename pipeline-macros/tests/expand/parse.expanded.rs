@@ -34,10 +34,7 @@ where
         _cx: &'pipeline_item ::pipeline_core::__private::Context,
     ) -> impl ::pipeline_core::__private::Future<
         Output = ::pipeline_core::__private::Result<Self::Output, Self::Error>,
-    > + ::pipeline_core::__private::Send + 'pipeline_item
-    where
-        Self::In: ::pipeline_core::__private::Clone + ::pipeline_core::__private::Sync,
-    {
+    > + ::pipeline_core::__private::Send + 'pipeline_item {
         async move { ::pipeline_core::__private::Ok(parse(item).await) }
     }
     fn options(&self) -> ::pipeline_core::__private::StageOptions {

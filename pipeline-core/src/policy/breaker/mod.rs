@@ -1,8 +1,6 @@
-//! [`CircuitBreaker`] with Resilience4j's semantics on tokio's clock, and the
-//! [`Breaker`] stage wrapper.
+//! [`CircuitBreaker`] with Resilience4j's semantics on tokio's clock.
 
 mod window;
-mod wrapper;
 
 #[cfg(all(test, pipeline_loom))]
 mod loom_tests;
@@ -21,11 +19,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::options::{BreakerOptions, Window};
-use crate::policy::counters::{Counters, Event};
+use crate::policy::counters::{Event, PolicyCounters};
 use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use window::{FAILED, SLOW, SlidingWindow, Totals};
-
-pub use wrapper::Breaker;
 
 /// The state of a [`CircuitBreaker`]. As a gauge (`pipeline_breaker_state`): 0, 1, 2; in
 /// JSON `"closed"`, `"open"`, `"half_open"`.
@@ -39,6 +35,15 @@ pub enum BreakerState {
     /// A fixed number of probe calls pass; their outcome decides the next state.
     HalfOpen = 2,
 }
+
+/// The low bits of [`CircuitBreaker`]'s word: the state (2 bits), then [`CLEAN`].
+const STATE_MASK: u64 = 3;
+/// Set while the breaker is closed with a count window holding no failure and no slow
+/// call, and thresholds above zero: then no success can change its state, so callers
+/// may keep successes in a tally and fold them in later ([`CircuitBreaker::clean_epoch`]).
+const CLEAN: u64 = 4;
+/// The epoch sits above the state and the clean bit.
+const EPOCH_SHIFT: u32 = 3;
 
 impl BreakerState {
     fn from_bits(bits: u64) -> Self {
@@ -114,7 +119,11 @@ impl BreakerOpen {
 ///
 /// In the closed state `try_acquire` is one atomic load; resolving a permit takes one
 /// short lock (and one clock read with a time-based window). The lock is never held
-/// across an await.
+/// across an await. The policy engine goes further on the hot path: while the breaker is
+/// closed with a count window that holds no failure (and slow calls are not tracked), no
+/// success can change its state, so a call costs one atomic load and successes are kept
+/// in a tally folded into the window once per batch, or at once before a failure is
+/// recorded, so the breaker opens on the same call as it would with one record per call.
 ///
 /// # Examples
 ///
@@ -151,7 +160,7 @@ pub struct CircuitBreaker {
     word: AtomicU64,
     core: Mutex<Core>,
     notify: Notify,
-    counters: Arc<Counters>,
+    counters: Arc<PolicyCounters>,
     transitions: AtomicU64,
     origin: Instant,
 }
@@ -162,6 +171,8 @@ struct Config {
     min_calls: u32,
     half_open: u32,
     time_window: bool,
+    /// Successes may be tallied while the window is clean (see [`CLEAN`]).
+    tally: bool,
 }
 
 #[derive(Debug)]
@@ -214,36 +225,57 @@ struct Change {
 impl CircuitBreaker {
     /// A closed breaker named `name` (the stage name in its events and metrics).
     pub fn new(name: impl Into<Arc<str>>, opts: &BreakerOptions) -> Self {
-        CircuitBreaker::with_counters(opts, Arc::new(Counters::new(name)))
-    }
-
-    /// A closed breaker counting its transitions into `counters` (and named after them).
-    pub fn with_counters(opts: &BreakerOptions, counters: Arc<Counters>) -> Self {
         let origin = Instant::now();
         let (window, min_calls, time_window) = match opts.window {
             Window::Count(n) => (SlidingWindow::count(n), opts.min_calls.min(n.max(1)), false),
             Window::Time(d) => (SlidingWindow::time(d, origin), opts.min_calls, true),
         };
+        let tally = !time_window
+            && opts.slow_call.is_none()
+            && opts.failure_rate > 0.0
+            && opts.failure_rate.is_finite();
         let breaker = CircuitBreaker {
             cfg: Config {
                 opts: opts.clone(),
                 min_calls,
                 half_open: opts.half_open.max(1),
                 time_window,
+                tally,
             },
-            word: AtomicU64::new(BreakerState::Closed as u64),
+            word: AtomicU64::new(BreakerState::Closed as u64 | if tally { CLEAN } else { 0 }),
             core: Mutex::new(Core {
                 epoch: 0,
                 phase: Phase::Closed,
                 window,
             }),
             notify: Notify::new(),
-            counters,
+            counters: Arc::new(PolicyCounters::new(name)),
             transitions: AtomicU64::new(0),
             origin,
         };
         breaker.set_gauge(BreakerState::Closed);
         breaker
+    }
+
+    /// The same breaker counting its transitions into `counters` (shared with a stage's
+    /// other policies), and named after them.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use pipeline_core::options::BreakerOptions;
+    /// use pipeline_core::policy::{CircuitBreaker, PolicyCounters};
+    ///
+    /// let counters = Arc::new(PolicyCounters::new("db"));
+    /// let breaker = CircuitBreaker::new("db", &BreakerOptions::default())
+    ///     .with_counters(Arc::clone(&counters));
+    /// breaker.force_open();
+    /// assert_eq!(counters.breaker_transitions(), 1);
+    /// ```
+    #[must_use]
+    pub fn with_counters(mut self, counters: Arc<PolicyCounters>) -> Self {
+        self.counters = counters;
+        self.set_gauge(self.state());
+        self
     }
 
     /// The current state. An open breaker whose `open_for` has elapsed reads `Open`
@@ -263,7 +295,7 @@ impl CircuitBreaker {
     }
 
     /// The counters its transitions go to.
-    pub fn counters(&self) -> &Arc<Counters> {
+    pub fn counters(&self) -> &Arc<PolicyCounters> {
         &self.counters
     }
 
@@ -276,11 +308,11 @@ impl CircuitBreaker {
     pub fn try_acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
         let word = self.word.load(Ordering::Acquire);
         if BreakerState::from_bits(word) == BreakerState::Closed {
-            return Ok(Permit::new(self, word >> 2));
+            return Ok(Permit::new(self, word >> EPOCH_SHIFT, false));
         }
         let mut core = self.lock();
         let (result, next) = match &mut core.phase {
-            Phase::Closed => (Ok(()), None),
+            Phase::Closed => (Ok(false), None),
             Phase::Open { until } => {
                 let until = *until;
                 if Instant::now() >= until {
@@ -289,7 +321,7 @@ impl CircuitBreaker {
                         in_flight: 1,
                         done: Totals::default(),
                     };
-                    (Ok(()), Some(probe))
+                    (Ok(true), Some(probe))
                 } else {
                     (Err(BreakerOpen { until: Some(until) }), None)
                 }
@@ -300,7 +332,7 @@ impl CircuitBreaker {
                 if *idle > 0 {
                     *idle -= 1;
                     *in_flight += 1;
-                    (Ok(()), None)
+                    (Ok(true), None)
                 } else {
                     (Err(BreakerOpen { until: None }), None)
                 }
@@ -312,7 +344,7 @@ impl CircuitBreaker {
         if let Some(change) = change {
             self.announce(change);
         }
-        result.map(|()| Permit::new(self, epoch))
+        result.map(|probe| Permit::new(self, epoch, probe))
     }
 
     /// Waits for a permit: while open, sleeps (on tokio's clock) until `open_for` has
@@ -360,10 +392,40 @@ impl CircuitBreaker {
         self.announce(change);
     }
 
+    /// The epoch of a closed breaker whose window is clean ([`CLEAN`]): a call may then
+    /// go ahead without a permit, and its success be kept in a tally for
+    /// [`fold_successes`](Self::fold_successes). One atomic load.
+    #[inline]
+    pub(crate) fn clean_epoch(&self) -> Option<u64> {
+        let word = self.word.load(Ordering::Acquire);
+        (word & (STATE_MASK | CLEAN) == CLEAN).then_some(word >> EPOCH_SHIFT)
+    }
+
+    /// Records `successes` calls admitted in closed epoch `epoch` (stale ones are
+    /// dropped: the window they belong to is gone).
+    pub(crate) fn fold_successes(&self, epoch: u64, successes: u64) {
+        if successes > 0 {
+            self.finish_with(epoch, successes, Outcome::Ignore, Duration::ZERO);
+        }
+    }
+
+    /// Records a failure of a call admitted in closed epoch `epoch`, after the
+    /// `successes` tallied before it.
+    pub(crate) fn fail_after(&self, epoch: u64, successes: u64, elapsed: Duration) {
+        self.finish_with(epoch, successes, Outcome::Failure, elapsed);
+    }
+
     fn finish(&self, epoch: u64, outcome: Outcome, elapsed: Duration) {
+        self.finish_with(epoch, 0, outcome, elapsed);
+    }
+
+    /// Records, for a permit of `epoch`: first `successes` tallied closed-state successes,
+    /// then `outcome`.
+    fn finish_with(&self, epoch: u64, successes: u64, outcome: Outcome, elapsed: Duration) {
         let word = self.word.load(Ordering::Acquire);
         let closed = BreakerState::from_bits(word) == BreakerState::Closed;
-        if word >> 2 != epoch || (closed && outcome == Outcome::Ignore) {
+        if word >> EPOCH_SHIFT != epoch || (closed && outcome == Outcome::Ignore && successes == 0)
+        {
             return; // stale, or nothing to record
         }
         let opts = &self.cfg.opts;
@@ -385,11 +447,27 @@ impl CircuitBreaker {
         let mut released = false;
         let Core { phase, window, .. } = &mut *core;
         let (next, rates) = match phase {
-            Phase::Closed if outcome == Outcome::Ignore => (None, Totals::default()),
             Phase::Closed => {
-                let totals = window.record(bits, clock);
-                let trip = totals.calls >= self.cfg.min_calls && self.tripped(&totals);
-                (trip.then(|| self.open_phase()), totals)
+                let mut next = None;
+                let mut totals = Totals::default();
+                // Tallied successes come first, in the order they happened. While the
+                // window is clean they cannot trip it, and once it is full of them more
+                // change nothing, so at most a window's worth is written.
+                let clean = window.totals().failures == 0 && window.totals().slow == 0;
+                let cap = if clean { window.capacity() } else { u64::MAX };
+                for _ in 0..successes.min(cap) {
+                    totals = window.record(0, clock);
+                    if totals.calls >= self.cfg.min_calls && self.tripped(&totals) {
+                        next = Some(self.open_phase());
+                        break;
+                    }
+                }
+                if next.is_none() && outcome != Outcome::Ignore {
+                    totals = window.record(bits, clock);
+                    let trip = totals.calls >= self.cfg.min_calls && self.tripped(&totals);
+                    next = trip.then(|| self.open_phase());
+                }
+                (next, totals)
             }
             Phase::Open { .. } => (None, Totals::default()), // no permits in open epochs
             Phase::HalfOpen {
@@ -423,12 +501,27 @@ impl CircuitBreaker {
             }
             self.enter(&mut core, phase, rates)
         });
+        if change.is_none() && matches!(core.phase, Phase::Closed) {
+            // The window changed: publish whether it is still clean.
+            let word = self.word_of(&core);
+            self.word.store(word, Ordering::Release);
+        }
         drop(core);
         match change {
             Some(change) => self.announce(change),
             None if released => self.notify.notify_waiters(),
             None => {}
         }
+    }
+
+    /// The word for `core`: epoch, clean bit, state.
+    fn word_of(&self, core: &Core) -> u64 {
+        let state = core.phase.state() as u64;
+        let clean = matches!(core.phase, Phase::Closed)
+            && self.cfg.tally
+            && core.window.totals().failures == 0
+            && core.window.totals().slow == 0;
+        (core.epoch << EPOCH_SHIFT) | if clean { CLEAN } else { 0 } | state
     }
 
     fn open_phase(&self) -> Phase {
@@ -451,7 +544,7 @@ impl CircuitBreaker {
     fn enter(&self, core: &mut Core, phase: Phase, rates: Totals) -> Change {
         core.phase = phase;
         core.epoch += 1;
-        let bits = (core.epoch << 2) | phase.state() as u64;
+        let bits = self.word_of(core);
         self.word.store(bits, Ordering::Release);
         self.transitions.fetch_add(1, Ordering::Relaxed);
         Change { to: phase, rates }
@@ -506,16 +599,24 @@ impl fmt::Debug for CircuitBreaker {
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     epoch: u64,
+    probe: bool,
     resolved: bool,
 }
 
 impl<'a> Permit<'a> {
-    fn new(breaker: &'a CircuitBreaker, epoch: u64) -> Self {
+    fn new(breaker: &'a CircuitBreaker, epoch: u64, probe: bool) -> Self {
         Permit {
             breaker,
             epoch,
+            probe,
             resolved: false,
         }
+    }
+
+    /// Whether this permit is a half-open probe (not a call of a closed breaker). The
+    /// policy engine does not count a failed probe as an attempt of its item.
+    pub fn is_probe(&self) -> bool {
+        self.probe
     }
 
     /// The call succeeded after `elapsed` (slow if longer than `slow_call`).
@@ -553,6 +654,7 @@ impl fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("epoch", &self.epoch)
+            .field("probe", &self.probe)
             .finish_non_exhaustive()
     }
 }

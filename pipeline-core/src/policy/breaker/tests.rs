@@ -6,8 +6,9 @@ use std::time::Duration;
 use tokio::time::{Instant, advance};
 
 use super::*;
+use crate::options::StageOptions;
 use crate::options::{BreakerMode, BreakerOptions, Window};
-use crate::policy::{Breaker, CatchPanic, Failure, Fault, Permanent};
+use crate::policy::{Failure, Fault, Permanent, Policies};
 use crate::{Context, Map, Stage};
 
 const SLOW: Duration = Duration::from_millis(100);
@@ -313,42 +314,52 @@ impl Stage for Dep {
     }
 }
 
-fn dep(down: bool) -> CatchPanic<Dep> {
-    CatchPanic::new(Dep {
+/// The engine around `stage` with only a breaker.
+fn guarded<S: Stage>(stage: S, o: &BreakerOptions) -> Policies<S> {
+    let opts = StageOptions {
+        name: Some("dep".into()),
+        breaker: Some(o.clone()),
+        ..StageOptions::default()
+    };
+    Policies::new(stage, &opts)
+}
+
+fn dep(down: bool) -> Dep {
+    Dep {
         down: std::sync::atomic::AtomicBool::new(down),
-    })
+    }
+}
+
+fn state<S: Stage>(p: &Policies<S>) -> Option<BreakerState> {
+    p.breaker().map(|b| b.state())
 }
 
 #[tokio::test(start_paused = true)]
-async fn wrapper_fail_fast_refuses_and_ignores_permanent_errors() {
+async fn engine_fail_fast_refuses_and_ignores_permanent_errors() {
     let mut o = opts(Window::Count(2), 2, 1);
     o.mode = BreakerMode::FailFast;
-    let stage = Breaker::new(dep(true), &o);
+    let stage = guarded(dep(true), &o);
     let cx = Context::new("dep");
     for _ in 0..5 {
         assert!(stage.call(1, &cx).await.is_err()); // permanent: not counted
     }
-    assert_eq!(
-        stage.breaker().map(|b| b.state()),
-        Some(BreakerState::Closed)
-    );
+    assert_eq!(state(&stage), Some(BreakerState::Closed));
     assert!(matches!(stage.call(2, &cx).await, Err(Failure::Call(_))));
     assert!(matches!(stage.call(2, &cx).await, Err(Failure::Call(_))));
-    let err = stage.call(2, &cx).await.err();
-    assert!(matches!(err, Some(Failure::BreakerOpen(_))));
-    assert!(err.is_some_and(|e| stage.is_permanent(&e)));
+    let out = stage.attempt(2, &cx).await;
+    assert!(matches!(out.result, Err(Failure::BreakerOpen(_))));
+    assert_eq!(out.attempts, 1);
     assert_eq!(stage.counters().breaker_rejections(), 1);
 }
 
 #[tokio::test(start_paused = true)]
-async fn wrapper_wait_mode_backpressures_then_resumes() {
-    let stage = Breaker::new(dep(true), &opts(Window::Count(2), 2, 1));
+async fn engine_wait_mode_backpressures_then_resumes() {
+    let stage = guarded(dep(true), &opts(Window::Count(2), 2, 1));
     let cx = Context::new("dep");
     let _ = stage.call(2, &cx).await;
     let _ = stage.call(2, &cx).await;
-    assert_eq!(stage.breaker().map(|b| b.state()), Some(BreakerState::Open));
+    assert_eq!(state(&stage), Some(BreakerState::Open));
     stage
-        .get_ref()
         .get_ref()
         .down
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -356,15 +367,12 @@ async fn wrapper_wait_mode_backpressures_then_resumes() {
     // Waits the open period instead of failing; the probe succeeds and closes it.
     assert_eq!(stage.call(4, &cx).await.ok(), Some(4));
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-    assert_eq!(
-        stage.breaker().map(|b| b.state()),
-        Some(BreakerState::Closed)
-    );
+    assert_eq!(state(&stage), Some(BreakerState::Closed));
     assert_eq!(stage.counters().breaker_waits(), 1);
 }
 
 #[tokio::test(start_paused = true)]
-async fn wrapper_times_slow_calls() {
+async fn engine_times_slow_calls() {
     struct Sleepy;
     impl Stage for Sleepy {
         type In = u64;
@@ -376,11 +384,152 @@ async fn wrapper_times_slow_calls() {
             Ok(ms)
         }
     }
-    let stage = Breaker::new(CatchPanic::new(Sleepy), &opts(Window::Count(1), 1, 1));
+    let stage = guarded(Sleepy, &opts(Window::Count(1), 1, 1));
     let cx = Context::new("sleepy");
-    let state = || stage.breaker().map(|b| b.state());
     assert!(stage.call(100, &cx).await.is_ok()); // exactly the threshold: not slow
-    assert_eq!(state(), Some(BreakerState::Closed));
+    assert_eq!(state(&stage), Some(BreakerState::Closed));
     assert!(stage.call(101, &cx).await.is_ok()); // slow: 100% >= 50%
-    assert_eq!(state(), Some(BreakerState::Open));
+    assert_eq!(state(&stage), Some(BreakerState::Open));
+}
+
+/// The engine's hot path (a tally of successes while the window is clean, folded at
+/// batch ends or before a failure) against one record per call: the same states, the
+/// same transitions, after every call.
+mod tally {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Success,
+        Failure,
+        Ignore,
+        BatchEnd,
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => Just(Op::Success),
+            3 => Just(Op::Failure),
+            1 => Just(Op::Ignore),
+            2 => Just(Op::BatchEnd),
+            1 => (0u64..3000).prop_map(Op::Advance),
+        ]
+    }
+
+    /// A caller with a tally, as the engine keeps one.
+    struct Tallied {
+        breaker: CircuitBreaker,
+        epoch: u64,
+        count: u64,
+    }
+
+    impl Tallied {
+        fn fold(breaker: &CircuitBreaker, epoch: u64, count: &mut u64) {
+            breaker.fold_successes(epoch, *count);
+            *count = 0;
+        }
+
+        /// One call with outcome `op`; `false` if the breaker refused it.
+        fn call(&mut self, op: Op) -> bool {
+            if let Some(epoch) = self.breaker.clean_epoch() {
+                match op {
+                    Op::Success => {
+                        if epoch != self.epoch {
+                            self.epoch = epoch;
+                            self.count = 0;
+                        }
+                        self.count += 1;
+                    }
+                    Op::Failure => {
+                        let n = if epoch == self.epoch { self.count } else { 0 };
+                        self.count = 0;
+                        self.breaker.fail_after(epoch, n, Duration::ZERO);
+                    }
+                    _ => {}
+                }
+                return true;
+            }
+            let Ok(permit) = self.breaker.try_acquire() else {
+                return false;
+            };
+            match op {
+                Op::Ignore => permit.ignore(),
+                Op::Success => {
+                    Self::fold(&self.breaker, self.epoch, &mut self.count);
+                    permit.success(Duration::ZERO);
+                }
+                _ => {
+                    Self::fold(&self.breaker, self.epoch, &mut self.count);
+                    permit.failure(Duration::ZERO);
+                }
+            }
+            true
+        }
+    }
+
+    async fn check(
+        window: u32,
+        min_calls: u32,
+        rate: u32,
+        ops: Vec<Op>,
+    ) -> Result<(), TestCaseError> {
+        let mut o = opts(Window::Count(window), min_calls, 1);
+        o.slow_call = None;
+        o.failure_rate = f64::from(rate) / 100.0;
+        let reference = CircuitBreaker::new("per-call", &o);
+        let mut tallied = Tallied {
+            breaker: CircuitBreaker::new("tallied", &o),
+            epoch: u64::MAX,
+            count: 0,
+        };
+        for (step, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::BatchEnd => Tallied::fold(&tallied.breaker, tallied.epoch, &mut tallied.count),
+                Op::Advance(ms) => advance(Duration::from_millis(ms)).await,
+                op => {
+                    let admitted = match reference.try_acquire() {
+                        Ok(permit) => {
+                            match op {
+                                Op::Success => permit.success(Duration::ZERO),
+                                Op::Failure => permit.failure(Duration::ZERO),
+                                _ => permit.ignore(),
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    };
+                    prop_assert_eq!(tallied.call(op), admitted, "step {}: admission", step);
+                }
+            }
+            prop_assert_eq!(tallied.breaker.state(), reference.state(), "step {}", step);
+            prop_assert_eq!(
+                tallied.breaker.transitions(),
+                reference.transitions(),
+                "step {}: transitions",
+                step
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn a_tally_opens_on_the_same_call_as_one_record_per_call(
+            window in 1u32..8,
+            min_calls in 0u32..8,
+            rate in 1u32..=100,
+            ops in prop::collection::vec(op(), 1..200),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            rt.block_on(check(window, min_calls, rate, ops))?;
+        }
+    }
 }

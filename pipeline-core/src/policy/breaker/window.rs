@@ -76,6 +76,23 @@ impl SlidingWindow {
         }
     }
 
+    /// The totals of a count window (a time window's are computed on record; it never
+    /// takes tallies, so zero).
+    pub(super) fn totals(&self) -> Totals {
+        match self {
+            SlidingWindow::Count(w) => w.totals,
+            SlidingWindow::Time(_) => Totals::default(),
+        }
+    }
+
+    /// How many calls a count window holds (unbounded for a time window).
+    pub(super) fn capacity(&self) -> u64 {
+        match self {
+            SlidingWindow::Count(w) => w.ring.len() as u64,
+            SlidingWindow::Time(_) => u64::MAX,
+        }
+    }
+
     /// Forgets every call.
     pub(super) fn reset(&mut self) {
         match self {
