@@ -32,7 +32,7 @@ mod valid;
 /// ```
 /// use pipeline_core::prelude::*;
 ///
-/// # #[derive(Debug)] pub struct Order { id: u64 }
+/// # #[derive(Debug, Clone)] pub struct Order { id: u64 }
 /// # #[derive(Debug)] pub struct Enriched { id: u64, name: String }
 /// # pub struct Db;
 /// # impl Db { async fn name(&self, _: u64) -> Result<String, DbError> { Ok("x".into()) } }
@@ -60,7 +60,9 @@ mod valid;
 ///
 /// **Input.** Exactly one argument is the item:
 ///
-/// - by value, `order: Order`: `Stage::In` is `Order`;
+/// - by value, `order: Order`: `Stage::In` is `Order`; with `retry`, `Order` must be
+///   `Clone` (each attempt that may be followed by another gets a copy; the error points
+///   at `retry` otherwise);
 /// - by reference, `order: &Order`: `Stage::In` is still `Order`, and the function borrows
 ///   the item the framework keeps: the stage sets `Stage::BORROWS` and implements
 ///   `Stage::call_ref`, so every retry borrows the same item and nothing is cloned (a
