@@ -22,7 +22,6 @@ use tokio::time::Instant;
 
 use crate::Context;
 use crate::Stage;
-use crate::stage::CloneFn;
 use crate::error::chain;
 use crate::options::{BreakerMode, OnError, RetryOptions, RetryWhen, StageOptions};
 use crate::policy::backoff::{Backoff, Schedule};
@@ -33,34 +32,31 @@ use crate::policy::counters::{Event, PolicyCounters};
 use crate::policy::failure::Failure;
 use crate::policy::rate::RateLimiter;
 use crate::policy::timeout::Elapsed;
+use crate::stage::CloneFn;
 use crate::supervise::{Supervisor, Verdict};
 
 /// What one item's call through [`Policies::attempt`] came to.
 ///
-/// Kept small (it is returned for every item): what only failures and panics carry sits
-/// in one box, allocated on those paths only.
+/// Kept small (it is returned for every item): the result, and in one box, allocated
+/// only for items that failed, were retried or panicked, everything else.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct CallOutcome<T, E, I> {
     /// The last attempt's result.
     pub result: Result<T, E>,
-    /// Attempts made, the first included (at least 1). A failed half-open probe of a
-    /// waiting breaker is not an attempt (see [`probes`](Self::probes)).
-    pub attempts: u32,
-    /// The input, given back when the item failed and the engine still held it (a stage
-    /// that borrows its input, or one that retries or shows its items in dead letters).
-    pub input: Option<I>,
-    rare: Option<Box<Rare>>,
+    rare: Option<Box<Rare<I>>>,
 }
 
-/// What only items that failed or panicked carry.
-#[derive(Debug, Default)]
-struct Rare {
+/// What only items that failed, were retried or panicked carry.
+#[derive(Debug)]
+struct Rare<I> {
+    attempts: u32,
     probes: u32,
     panics: u32,
     restarts: u32,
     first_failure: Option<Instant>,
     stop: Option<String>,
+    input: Option<I>,
 }
 
 /// The outcome type of stage `S`.
@@ -68,14 +64,18 @@ pub(crate) type Outcome<S> =
     CallOutcome<<S as Stage>::Output, Failure<<S as Stage>::Error>, <S as Stage>::In>;
 
 impl<T, E, I> CallOutcome<T, E, I> {
-    #[inline]
+    #[inline(always)]
     fn ok(output: T) -> Self {
         CallOutcome {
             result: Ok(output),
-            attempts: 1,
-            input: None,
             rare: None,
         }
+    }
+
+    /// Attempts made, the first included (at least 1). A failed half-open probe of a
+    /// waiting breaker is not an attempt (see [`probes`](Self::probes)).
+    pub fn attempts(&self) -> u32 {
+        self.rare.as_ref().map_or(1, |r| r.attempts)
     }
 
     /// Calls made as half-open probes that failed: each sent the item back to wait for
@@ -94,8 +94,14 @@ impl<T, E, I> CallOutcome<T, E, I> {
         self.rare.as_ref().map_or(0, |r| r.panics)
     }
 
+    /// The input, given back when the item failed and the engine still held it (a stage
+    /// that borrows its input, or one that retries or shows its items in dead letters).
+    pub fn input(&self) -> Option<&I> {
+        self.rare.as_ref().and_then(|r| r.input.as_ref())
+    }
+
     /// Whether any of the item's calls panicked.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn panicked(&self) -> bool {
         self.rare.as_ref().is_some_and(|r| r.panics > 0)
     }
@@ -112,14 +118,19 @@ impl<T, E, I> CallOutcome<T, E, I> {
     }
 
     /// The result, what the dead letter needs of the tries, and the input.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn split(self) -> (Result<T, E>, Tried, Option<I>) {
-        let tried = Tried {
-            attempts: self.attempts,
-            probes: self.probes(),
-            first_failure: self.first_failure(),
-        };
-        (self.result, tried, self.input)
+        match self.rare {
+            None => (self.result, Tried::once(), None),
+            Some(rare) => {
+                let tried = Tried {
+                    attempts: rare.attempts,
+                    probes: rare.probes,
+                    first_failure: rare.first_failure,
+                };
+                (self.result, tried, rare.input)
+            }
+        }
     }
 }
 
@@ -129,6 +140,17 @@ pub(crate) struct Tried {
     pub(crate) attempts: u32,
     pub(crate) probes: u32,
     pub(crate) first_failure: Option<Instant>,
+}
+
+impl Tried {
+    #[inline(always)]
+    fn once() -> Self {
+        Tried {
+            attempts: 1,
+            probes: 0,
+            first_failure: None,
+        }
+    }
 }
 
 /// A stage with every policy its options declare: the policy engine.
@@ -207,7 +229,7 @@ pub(crate) struct Tried {
 /// let stage = Policies::new(Hang, &opts);
 /// let outcome = stage.attempt(1, &Context::new("hang")).await;
 /// assert!(matches!(outcome.result, Err(Failure::Elapsed(_))));
-/// assert_eq!(outcome.attempts, 3);
+/// assert_eq!(outcome.attempts(), 3);
 /// let counts = stage.counters().snapshot();
 /// assert_eq!((counts.timeouts, counts.retries), (3, 2));
 /// # }
@@ -239,6 +261,9 @@ pub struct Policies<S: Stage> {
     supervisor: Mutex<Supervisor>,
     /// Nothing to do but catch panics.
     plain: bool,
+    /// Whether the first call of an item needs a copy of its input (another call may
+    /// follow, or the dead letter shows it).
+    copy_first: bool,
 }
 
 impl<S: Stage> Policies<S> {
@@ -284,6 +309,7 @@ impl<S: Stage> Policies<S> {
             tally_count: AtomicU64::new(0),
             supervisor: Mutex::new(Supervisor::new(opts.restart)),
             plain: false,
+            copy_first: false,
         };
         if engine.wanted > 1 && !engine.can_copy() {
             tracing::error!(
@@ -316,6 +342,8 @@ impl<S: Stage> Policies<S> {
             && self.limiter.is_none()
             && self.attempts() <= 1
             && !(self.keep && S::BORROWS);
+        let again = !self.plain && (1 < self.attempts() || self.waits());
+        self.copy_first = self.clone_in.is_some() && (again || self.keep);
     }
 
     /// Guards the calls with an existing (possibly shared) breaker, in the mode of its
@@ -430,8 +458,10 @@ impl<S: Stage> Policies<S> {
                 }
             }
         }
-        let again = !self.plain && (1 < self.attempts() || self.waits());
-        let kept = self.copy(&item, again);
+        let kept = match self.clone_in {
+            Some(clone) if self.copy_first => Some(clone(&item)),
+            _ => None,
+        };
         // A hand-written `call` may panic before it returns its future.
         match catch_unwind(AssertUnwindSafe(|| self.stage.call(item, cx))) {
             Ok(call) => Attempt::Call {
@@ -935,11 +965,14 @@ fn gone<E>() -> Failure<E> {
 fn failed<T, E, I>(error: E, input: Option<I>) -> CallOutcome<T, E, I> {
     CallOutcome {
         result: Err(error),
-        attempts: 1,
-        input,
         rare: Some(Box::new(Rare {
+            attempts: 1,
+            probes: 0,
+            panics: 0,
+            restarts: 0,
             first_failure: Some(Instant::now()),
-            ..Rare::default()
+            stop: None,
+            input,
         })),
     }
 }
@@ -966,21 +999,17 @@ struct Meta {
 impl Meta {
     fn into_outcome<T, E, I>(self, result: Result<T, E>, input: Option<I>) -> CallOutcome<T, E, I> {
         let input = if result.is_err() { input } else { None };
-        let rare =
-            (self.first_failure.is_some() || self.probes > 0 || self.panics > 0).then(|| {
-                Box::new(Rare {
-                    probes: self.probes,
-                    panics: self.panics,
-                    restarts: self.restarts,
-                    first_failure: self.first_failure,
-                    stop: self.stop,
-                })
-            });
         CallOutcome {
             result,
-            attempts: self.attempts.max(1),
-            input,
-            rare,
+            rare: Some(Box::new(Rare {
+                attempts: self.attempts.max(1),
+                probes: self.probes,
+                panics: self.panics,
+                restarts: self.restarts,
+                first_failure: self.first_failure,
+                stop: self.stop,
+                input,
+            })),
         }
     }
 }
