@@ -545,7 +545,7 @@ impl<S: Stage> Policies<S> {
             let mut counted = false;
             self.recover(&mut counted, &mut meta).await;
         }
-        meta.into_outcome(Err(failure), kept)
+        self.give_up(meta, failure, kept)
     }
 
     /// A copy of `item` for a later call or the dead letter, when one may be needed.
@@ -761,7 +761,7 @@ impl<S: Stage> Policies<S> {
                         Err(open) => {
                             meta.attempts += 1;
                             meta.first_failure.get_or_insert_with(Instant::now);
-                            return meta.into_outcome(Err(Failure::BreakerOpen(open)), held);
+                            return self.give_up(meta, Failure::BreakerOpen(open), held);
                         }
                     };
                     let n = meta.attempts + 1;
@@ -836,7 +836,7 @@ impl<S: Stage> Policies<S> {
             }
             meta.attempts += 1;
             if permanent || meta.stop.is_some() || meta.attempts >= max || !can_call {
-                return meta.into_outcome(Err(failure), held);
+                return self.give_up(meta, failure, held);
             }
             // A custom schedule that ends stops the retries.
             let delay = schedule
@@ -855,7 +855,7 @@ impl<S: Stage> Policies<S> {
                 _ => true,
             });
             let Some(delay) = delay else {
-                return meta.into_outcome(Err(failure), held);
+                return self.give_up(meta, failure, held);
             };
             self.counters.record(Event::Retry);
             tracing::debug!(
@@ -870,6 +870,20 @@ impl<S: Stage> Policies<S> {
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+
+    /// The item's last failure, after every policy inside `on_error` gave up on it.
+    ///
+    /// The slot of the fallback layer (the order becomes `on_error( fallback( retry +
+    /// budget( breaker( rate( timeout( catch_panic( fn )))))))`): a fallback would be
+    /// called here with the borrowed input (`held`, kept for it as for retries, one copy
+    /// per item for a by-value stage) and the failure, and its output returned as the
+    /// item's result. Every exit of a failed item that is not on the plain path goes
+    /// through here; a configured fallback would make the engine leave the plain path
+    /// (as any other policy does).
+    #[inline]
+    fn give_up(&self, meta: Meta, failure: Failure<S::Error>, held: Option<S::In>) -> Outcome<S> {
+        meta.into_outcome(Err(failure), held)
     }
 
     /// A copy of the held input, if another call (or the dead letter) needs one.
