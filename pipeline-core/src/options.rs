@@ -134,7 +134,9 @@ pub struct RetryOptions {
 /// A predicate over a failed attempt's error: `true` if it is worth retrying. See
 /// [`RetryOptions::when`] and [`RetryOptions::retry_when`].
 #[derive(Clone)]
-pub struct RetryWhen(Arc<dyn Fn(&(dyn std::error::Error + 'static)) -> bool + Send + Sync>);
+pub struct RetryWhen(Arc<Predicate>);
+
+type Predicate = dyn Fn(&(dyn std::error::Error + 'static)) -> bool + Send + Sync;
 
 impl RetryWhen {
     /// A predicate from `f`.

@@ -17,7 +17,7 @@ pub use crate::options::{
     BreakerMode, BreakerOptions, OnError, RateOptions, RestartOptions, RetryOptions, StageOptions,
     Window,
 };
-pub use crate::stage::{Filter, FlatMap, Map, Stage, clone_input};
+pub use crate::stage::{CloneFn, Filter, FlatMap, Map, Stage, clone_input};
 
 // The prelude items generated code uses, named through here so that user items with
 // the same names do not interfere.

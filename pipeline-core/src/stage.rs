@@ -87,7 +87,7 @@ pub trait Stage: Send + Sync + 'static {
     /// supplies it too. `None` (the default) costs nothing and needs no `Clone`: a stage
     /// whose options ask for retries without a way to copy its input gets one attempt
     /// per item, and an error event at build time.
-    const CLONE_IN: Option<fn(&Self::In) -> Self::In> = None;
+    const CLONE_IN: Option<CloneFn<Self::In>> = None;
 
     /// One attempt with a borrowed input. The runtime calls it instead of
     /// [`call`](Self::call) when [`BORROWS`](Self::BORROWS) is `true`. The default copies
@@ -163,6 +163,9 @@ pub trait Stage: Send + Sync + 'static {
 
 /// Renders a stage input for its dead letter; see [`Stage::DEAD_LETTER_ITEM`].
 pub type ShowFn<T> = fn(&T) -> Option<serde_json::Value>;
+
+/// Copies a stage input for another attempt; see [`Stage::CLONE_IN`].
+pub type CloneFn<T> = fn(&T) -> T;
 
 /// An input a retry can copy: any `Clone` type. Retrying a stage that takes its input by
 /// value needs one copy of the input per attempt that may be followed by another, so the
@@ -528,7 +531,7 @@ where
 
     const DEAD_LETTER_ITEM: Option<ShowFn<Self::In>> = Some(How::show);
     const BORROWS: bool = S::BORROWS;
-    const CLONE_IN: Option<fn(&Self::In) -> Self::In> = Some(<S::In as Clone>::clone);
+    const CLONE_IN: Option<CloneFn<Self::In>> = Some(<S::In as Clone>::clone);
 
     fn call(
         &self,

@@ -75,7 +75,6 @@ where
 pub async fn run_stage<S, I>(stage: S, items: I) -> TestRun<Emitted<S>>
 where
     S: Stage,
-    S::In: Clone + Sync,
     I: IntoIterator<Item = S::In>,
     I::IntoIter: Send + 'static,
 {
@@ -298,7 +297,7 @@ where
     type Error = Injected<S::Error>;
 
     const DEAD_LETTER_ITEM: Option<crate::stage::ShowFn<S::In>> = S::DEAD_LETTER_ITEM;
-    const CLONE_IN: Option<fn(&S::In) -> S::In> = S::CLONE_IN;
+    const CLONE_IN: Option<crate::stage::CloneFn<S::In>> = S::CLONE_IN;
 
     fn call(
         &self,

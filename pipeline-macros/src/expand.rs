@@ -308,7 +308,7 @@ fn call(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
         let input = &stage.input;
         let copy = respan(quote!(#p::clone_input::<#input>), retry.key);
         tokens.extend(quote_spanned! {retry.key=>
-            const CLONE_IN: #p::Option<fn(&Self::In) -> Self::In> = #p::Some(#copy);
+            const CLONE_IN: #p::Option<#p::CloneFn<Self::In>> = #p::Some(#copy);
         });
     }
     if borrows && !blocking {

@@ -60,7 +60,9 @@ mod valid;
 ///
 /// **Input.** Exactly one argument is the item:
 ///
-/// - by value, `order: Order`: `Stage::In` is `Order`;
+/// - by value, `order: Order`: `Stage::In` is `Order`; with `retry`, `Order` must be
+///   `Clone` (each attempt that may be followed by another gets a copy; the error points
+///   at `retry` otherwise);
 /// - by reference, `order: &Order`: `Stage::In` is still `Order`, and the function borrows
 ///   the item the framework keeps: the stage sets `Stage::BORROWS` and implements
 ///   `Stage::call_ref`, so every retry borrows the same item and nothing is cloned (a

@@ -339,7 +339,7 @@ impl<T: Send + 'static, L: 'static> Builder<T, L> {
             let copy = core
                 .copies
                 .remove(&node)
-                .and_then(|copy| copy.downcast::<fn(&S::In) -> S::In>().ok())
+                .and_then(|copy| copy.downcast::<crate::stage::CloneFn<S::In>>().ok())
                 .map(|copy| *copy);
             let stage = Policies::build(stage, &opts, copy);
             if let Some(Some(row)) = core.rows.get_mut(node) {
@@ -634,35 +634,6 @@ impl<T: Send + 'static, L: 'static> Builder<T, L> {
         self
     }
 
-    /// Circuit breaker of the stage added last.
-    pub fn breaker(mut self, breaker: BreakerOptions) -> Self {
-        self.settings.breaker = Some(breaker);
-        self
-    }
-
-    /// Rate limit of the stage added last.
-    pub fn rate(mut self, rate: RateOptions) -> Self {
-        self.settings.rate = Some(rate);
-        self
-    }
-
-    /// Supervision of the stage added last: how often items may panic it before the
-    /// pipeline stops (its state is rebuilt after every panicking call, before the
-    /// retry that follows).
-    pub fn restart(mut self, restart: RestartOptions) -> Self {
-        self.settings.restart = Some(restart);
-        self
-    }
-
-    /// Every setting at once for the element added last; fields left `None` keep
-    /// earlier settings.
-    pub fn options(mut self, options: StageOptions) -> Self {
-        self.settings = options.or(self.settings);
-        self
-    }
-}
-
-impl<T: Send + 'static, L: RetryInput + 'static> Builder<T, L> {
     /// Retries of the stage added last. A retry calls the stage again with a copy of its
     /// input, so the stage's input `L` must be `Clone` (a `#[stage]` fn that borrows its
     /// input needs no copy: give it `retry(..)` in its attribute, or set
@@ -689,12 +660,42 @@ impl<T: Send + 'static, L: RetryInput + 'static> Builder<T, L> {
     /// assert_eq!(out.take(), ["a"]);
     /// # }
     /// ```
-    pub fn retry(mut self, retry: RetryOptions) -> Self {
+    pub fn retry(mut self, retry: RetryOptions) -> Self
+    where
+        L: RetryInput,
+    {
         self.settings.retry = Some(retry);
         if let Some(node) = self.last {
-            let copy: fn(&L) -> L = crate::stage::clone_input::<L>;
+            let copy: crate::stage::CloneFn<L> = crate::stage::clone_input::<L>;
             self.core.copies.insert(node, Box::new(copy));
         }
+        self
+    }
+
+    /// Circuit breaker of the stage added last.
+    pub fn breaker(mut self, breaker: BreakerOptions) -> Self {
+        self.settings.breaker = Some(breaker);
+        self
+    }
+
+    /// Rate limit of the stage added last.
+    pub fn rate(mut self, rate: RateOptions) -> Self {
+        self.settings.rate = Some(rate);
+        self
+    }
+
+    /// Supervision of the stage added last: how often items may panic it before the
+    /// pipeline stops (its state is rebuilt after every panicking call, before the
+    /// retry that follows).
+    pub fn restart(mut self, restart: RestartOptions) -> Self {
+        self.settings.restart = Some(restart);
+        self
+    }
+
+    /// Every setting at once for the element added last; fields left `None` keep
+    /// earlier settings.
+    pub fn options(mut self, options: StageOptions) -> Self {
+        self.settings = options.or(self.settings);
         self
     }
 }

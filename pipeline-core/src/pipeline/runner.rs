@@ -20,7 +20,7 @@ use crate::edge::{EdgeRx, EdgeTx};
 use crate::envelope::{Batch, Items};
 use crate::error::{BoxError, Message, chain};
 use crate::options::OnError;
-use crate::policy::{Failure, Outcome as CallOutcome, Policies};
+use crate::policy::{Failure, Outcome as CallOutcome, Policies, Tried};
 use crate::stage::{Emitted, Shape, Stage};
 use crate::stats::Counters;
 
@@ -161,8 +161,8 @@ impl<S: Stage> Results<'_, S> {
         outcome: Outcome_<S>,
     ) -> Option<Children<S>> {
         self.tally.completed += 1;
-        let tries = outcome_meta::<S>(&outcome);
-        match outcome.result {
+        let (result, tries, input) = outcome.split();
+        match result {
             Ok(output) => {
                 // A flat-map's iterator is user code, pulled here, outside the call.
                 let first = if <S::Shape as Shape<S::Output>>::MANY {
@@ -186,7 +186,7 @@ impl<S: Stage> Results<'_, S> {
                 None
             }
             Err(error) => {
-                self.fail(origin, idx, &error, &tries, outcome.input);
+                self.fail(origin, idx, &error, &tries, input);
                 None
             }
         }
@@ -205,8 +205,8 @@ impl<S: Stage> Results<'_, S> {
         outcome: Outcome_<S>,
     ) -> Option<Children<S>> {
         if *direct {
-            let tries = outcome_meta::<S>(&outcome);
-            match outcome.result {
+            let (result, tries, input) = outcome.split();
+            match result {
                 Ok(output) => {
                     let mut items = <S::Shape as Shape<S::Output>>::items(output);
                     // Not a flat-map: one output at most.
@@ -224,7 +224,7 @@ impl<S: Stage> Results<'_, S> {
                 Err(error) => {
                     self.leave_direct(batch, direct);
                     self.tally.completed += 1;
-                    self.fail(origin, idx, &error, &tries, outcome.input);
+                    self.fail(origin, idx, &error, &tries, input);
                     return None;
                 }
             }
@@ -307,7 +307,7 @@ impl<S: Stage> Results<'_, S> {
     /// exceeded, or a restart failed).
     #[inline(always)]
     fn supervise(&mut self, outcome: &Outcome_<S>) {
-        if outcome.panics == 0 {
+        if !outcome.panicked() {
             return;
         }
         let task = self.task;
@@ -324,10 +324,10 @@ impl<S: Stage> Results<'_, S> {
         origin: &Arc<Origin>,
         idx: u32,
         error: &Failure<S::Error>,
-        meta: &Tries,
+        meta: &Tried,
         item: Option<S::In>,
     ) {
-        let Tries {
+        let Tried {
             attempts,
             probes,
             first_failure,
@@ -591,21 +591,4 @@ async fn hook(run: impl Future<Output = Result<(), BoxError>>) -> Result<(), Box
             let panic = crate::policy::Panicked::from_payload(&*payload);
             Err(Message(format!("panicked: {}", panic.message())).into())
         })
-}
-
-/// An item's tries, for its dead letter.
-#[derive(Clone, Copy)]
-struct Tries {
-    attempts: u32,
-    probes: u32,
-    first_failure: Option<tokio::time::Instant>,
-}
-
-#[inline]
-fn outcome_meta<S: Stage>(outcome: &Outcome_<S>) -> Tries {
-    Tries {
-        attempts: outcome.attempts,
-        probes: outcome.probes,
-        first_failure: outcome.first_failure,
-    }
 }

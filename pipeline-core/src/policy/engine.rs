@@ -18,8 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
 
-use futures::FutureExt as _;
-use futures::future::{Either, Ready, ready};
 use tokio::time::Instant;
 
 use crate::Context;
@@ -34,31 +32,31 @@ use crate::policy::counters::{Event, PolicyCounters};
 use crate::policy::failure::Failure;
 use crate::policy::rate::RateLimiter;
 use crate::policy::timeout::Elapsed;
+use crate::stage::CloneFn;
 use crate::supervise::{Supervisor, Verdict};
 
 /// What one item's call through [`Policies::attempt`] came to.
+///
+/// Kept small (it is returned for every item): the result, and in one box, allocated
+/// only for items that failed, were retried or panicked, everything else.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct CallOutcome<T, E, I> {
     /// The last attempt's result.
     pub result: Result<T, E>,
-    /// Attempts made, the first included (at least 1). A failed half-open probe of a
-    /// waiting breaker is not an attempt (see [`probes`](Self::probes)).
-    pub attempts: u32,
-    /// Calls made as half-open probes that failed: each sent the item back to wait for
-    /// the breaker and spent none of its attempts.
-    pub probes: u32,
-    /// When the first call failed, if one did (read from tokio's clock on failure only).
-    pub first_failure: Option<Instant>,
-    /// How many of the item's calls panicked.
-    pub panics: u32,
-    /// The input, given back when the item failed and the engine still held it (a stage
-    /// that borrows its input, or one that retries or shows its items in dead letters).
-    pub input: Option<I>,
-    /// State rebuilds ([`Stage::restart`]) made after this item's panics.
-    pub(crate) restarts: u32,
-    /// Why the pipeline must stop (the restart limit was exceeded, or a restart failed).
-    pub(crate) stop: Option<String>,
+    rare: Option<Box<Rare<I>>>,
+}
+
+/// What only items that failed, were retried or panicked carry.
+#[derive(Debug)]
+struct Rare<I> {
+    attempts: u32,
+    probes: u32,
+    panics: u32,
+    restarts: u32,
+    first_failure: Option<Instant>,
+    stop: Option<String>,
+    input: Option<I>,
 }
 
 /// The outcome type of stage `S`.
@@ -66,27 +64,92 @@ pub(crate) type Outcome<S> =
     CallOutcome<<S as Stage>::Output, Failure<<S as Stage>::Error>, <S as Stage>::In>;
 
 impl<T, E, I> CallOutcome<T, E, I> {
+    #[inline(always)]
     fn ok(output: T) -> Self {
         CallOutcome {
             result: Ok(output),
-            attempts: 1,
-            probes: 0,
-            first_failure: None,
-            panics: 0,
-            input: None,
-            restarts: 0,
-            stop: None,
+            rare: None,
         }
     }
 
-    /// Why the pipeline must stop because of this item, if it must.
-    pub(crate) fn stop(&self) -> Option<&str> {
-        self.stop.as_deref()
+    /// Attempts made, the first included (at least 1). A failed half-open probe of a
+    /// waiting breaker is not an attempt (see [`probes`](Self::probes)).
+    pub fn attempts(&self) -> u32 {
+        self.rare.as_ref().map_or(1, |r| r.attempts)
     }
 
-    /// State rebuilds made after this item's panics.
+    /// Calls made as half-open probes that failed: each sent the item back to wait for
+    /// the breaker and spent none of its attempts.
+    pub fn probes(&self) -> u32 {
+        self.rare.as_ref().map_or(0, |r| r.probes)
+    }
+
+    /// When the first call failed, if one did (read from tokio's clock on failure only).
+    pub fn first_failure(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.first_failure)
+    }
+
+    /// How many of the item's calls panicked.
+    pub fn panics(&self) -> u32 {
+        self.rare.as_ref().map_or(0, |r| r.panics)
+    }
+
+    /// The input, given back when the item failed and the engine still held it (a stage
+    /// that borrows its input, or one that retries or shows its items in dead letters).
+    pub fn input(&self) -> Option<&I> {
+        self.rare.as_ref().and_then(|r| r.input.as_ref())
+    }
+
+    /// Whether any of the item's calls panicked.
+    #[inline(always)]
+    pub(crate) fn panicked(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.panics > 0)
+    }
+
+    /// Why the pipeline must stop because of this item (the restart limit was exceeded,
+    /// or a restart failed), if it must.
+    pub(crate) fn stop(&self) -> Option<&str> {
+        self.rare.as_ref().and_then(|r| r.stop.as_deref())
+    }
+
+    /// State rebuilds ([`Stage::restart`]) made after this item's panics.
     pub(crate) fn restarts(&self) -> u32 {
-        self.restarts
+        self.rare.as_ref().map_or(0, |r| r.restarts)
+    }
+
+    /// The result, what the dead letter needs of the tries, and the input.
+    #[inline(always)]
+    pub(crate) fn split(self) -> (Result<T, E>, Tried, Option<I>) {
+        match self.rare {
+            None => (self.result, Tried::once(), None),
+            Some(rare) => {
+                let tried = Tried {
+                    attempts: rare.attempts,
+                    probes: rare.probes,
+                    first_failure: rare.first_failure,
+                };
+                (self.result, tried, rare.input)
+            }
+        }
+    }
+}
+
+/// An item's tries, for its dead letter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tried {
+    pub(crate) attempts: u32,
+    pub(crate) probes: u32,
+    pub(crate) first_failure: Option<Instant>,
+}
+
+impl Tried {
+    #[inline(always)]
+    fn once() -> Self {
+        Tried {
+            attempts: 1,
+            probes: 0,
+            first_failure: None,
+        }
     }
 }
 
@@ -166,7 +229,7 @@ impl<T, E, I> CallOutcome<T, E, I> {
 /// let stage = Policies::new(Hang, &opts);
 /// let outcome = stage.attempt(1, &Context::new("hang")).await;
 /// assert!(matches!(outcome.result, Err(Failure::Elapsed(_))));
-/// assert_eq!(outcome.attempts, 3);
+/// assert_eq!(outcome.attempts(), 3);
 /// let counts = stage.counters().snapshot();
 /// assert_eq!((counts.timeouts, counts.retries), (3, 2));
 /// # }
@@ -180,7 +243,7 @@ pub struct Policies<S: Stage> {
     backoff: Backoff,
     budget: Option<Arc<RetryBudget>>,
     retry_when: Option<RetryWhen>,
-    clone_in: Option<fn(&S::In) -> S::In>,
+    clone_in: Option<CloneFn<S::In>>,
     /// Keep the input for the dead letter (the stage shows its items, `on_error` is
     /// `dead_letter`).
     keep: bool,
@@ -198,6 +261,9 @@ pub struct Policies<S: Stage> {
     supervisor: Mutex<Supervisor>,
     /// Nothing to do but catch panics.
     plain: bool,
+    /// Whether the first call of an item needs a copy of its input (another call may
+    /// follow, or the dead letter shows it).
+    copy_first: bool,
 }
 
 impl<S: Stage> Policies<S> {
@@ -209,7 +275,7 @@ impl<S: Stage> Policies<S> {
     }
 
     /// [`new`](Self::new) with the runtime's copy of the input, if it has one.
-    pub(crate) fn build(stage: S, opts: &StageOptions, clone: Option<fn(&S::In) -> S::In>) -> Self {
+    pub(crate) fn build(stage: S, opts: &StageOptions, clone: Option<CloneFn<S::In>>) -> Self {
         let opts = opts.clone().or(stage.options());
         let name: Arc<str> = match &opts.name {
             Some(name) => Arc::from(&**name),
@@ -243,6 +309,7 @@ impl<S: Stage> Policies<S> {
             tally_count: AtomicU64::new(0),
             supervisor: Mutex::new(Supervisor::new(opts.restart)),
             plain: false,
+            copy_first: false,
         };
         if engine.wanted > 1 && !engine.can_copy() {
             tracing::error!(
@@ -275,6 +342,8 @@ impl<S: Stage> Policies<S> {
             && self.limiter.is_none()
             && self.attempts() <= 1
             && !(self.keep && S::BORROWS);
+        let again = !self.plain && (1 < self.attempts() || self.waits());
+        self.copy_first = self.clone_in.is_some() && (again || self.keep);
     }
 
     /// Guards the calls with an existing (possibly shared) breaker, in the mode of its
@@ -362,16 +431,54 @@ impl<S: Stage> Policies<S> {
     ///
     /// Dropping the future drops the call in progress (or the wait before the next one);
     /// nothing is recorded for it.
-    #[inline]
+    #[inline(always)]
     pub fn attempt<'a>(
         &'a self,
         item: S::In,
         cx: &'a Context,
     ) -> impl Future<Output = Outcome<S>> + Send + 'a {
-        if self.plain {
-            Either::Left(self.plain_call(item, cx))
-        } else {
-            Either::Right(self.guarded(item, cx))
+        let mut admit = None;
+        if !self.plain {
+            if let Some(budget) = &self.budget {
+                budget.deposit();
+            }
+            // A borrowing stage's calls hold a reference to the item, which must then
+            // live in the future: the general path, boxed (one allocation per item).
+            if S::BORROWS {
+                return Attempt::Boxed {
+                    fut: Box::pin(self.general(Some(item), None, cx)),
+                };
+            }
+            match self.admit_at_once() {
+                Some(fast) => admit = fast.epoch,
+                None => {
+                    return Attempt::Boxed {
+                        fut: Box::pin(self.general(Some(item), None, cx)),
+                    };
+                }
+            }
+        }
+        let kept = match self.clone_in {
+            Some(clone) if self.copy_first => Some(clone(&item)),
+            _ => None,
+        };
+        // A hand-written `call` may panic before it returns its future.
+        match catch_unwind(AssertUnwindSafe(|| self.stage.call(item, cx))) {
+            Ok(call) => Attempt::Call {
+                call,
+                kept,
+                admit,
+                timer: LazyTimer(None),
+                engine: self,
+                cx,
+            },
+            Err(payload) => {
+                let failure = Failure::Panicked(self.caught(&*payload, cx));
+                drop(payload);
+                Attempt::Boxed {
+                    fut: self.after_first(kept, failure, admit, cx),
+                }
+            }
         }
     }
 
@@ -399,102 +506,46 @@ impl<S: Stage> Policies<S> {
 
     // ---- the plain path ----
 
-    fn plain_call<'a>(
+    // ---- after the first call ----
+
+    /// The rest of an item's calls after its first one failed (or panicked): boxed, off
+    /// the hot path.
+    fn after_first<'a>(
         &'a self,
-        item: S::In,
+        kept: Option<S::In>,
+        failure: Failure<S::Error>,
+        epoch: Option<u64>,
         cx: &'a Context,
-    ) -> impl Future<Output = Outcome<S>> + Send + 'a {
-        let kept = match self.clone_in {
-            Some(clone) if self.keep => Some(clone(&item)),
-            _ => None,
+    ) -> Pin<Box<dyn Future<Output = Outcome<S>> + Send + 'a>> {
+        if self.plain {
+            return Box::pin(self.plain_failed(kept, failure, cx));
+        }
+        let admit = Admit {
+            epoch,
+            permit: None,
+            started: None,
         };
-        // A hand-written `call` may panic before it returns its future.
-        match catch_unwind(AssertUnwindSafe(|| self.stage.call(item, cx))) {
-            Ok(call) => Either::Left(
-                Guarded::new(call, None).then(move |caught| self.plain_done(caught, kept, cx)),
-            ),
-            Err(payload) => Either::Right(Box::pin(self.plain_panicked(payload, kept, cx))
-                as Pin<Box<dyn Future<Output = Outcome<S>> + Send + 'a>>),
-        }
+        Box::pin(self.general(kept, Some((failure, admit)), cx))
     }
 
-    #[inline]
-    fn plain_done<'a>(
-        &'a self,
-        caught: Caught<Result<S::Output, S::Error>>,
-        kept: Option<S::In>,
-        cx: &'a Context,
-    ) -> Either<Ready<Outcome<S>>, Pin<Box<dyn Future<Output = Outcome<S>> + Send + 'a>>> {
-        match caught {
-            Caught::Done(Ok(output)) => Either::Left(ready(CallOutcome::ok(output))),
-            Caught::Done(Err(error)) => {
-                let mut out = failed(Failure::Call(error), kept);
-                out.first_failure = Some(Instant::now());
-                Either::Left(ready(out))
-            }
-            Caught::Panicked(payload) => {
-                Either::Right(Box::pin(self.plain_panicked(payload, kept, cx)))
-            }
-            Caught::Elapsed(after) => {
-                let mut out = failed(Failure::Elapsed(self.elapsed(after, cx)), kept);
-                out.first_failure = Some(Instant::now());
-                Either::Left(ready(out))
-            }
-        }
-    }
-
-    async fn plain_panicked(
+    /// A plain stage's failed call: a panic rebuilds the stage first.
+    async fn plain_failed(
         &self,
-        payload: Box<dyn Any + Send>,
         kept: Option<S::In>,
-        cx: &Context,
+        failure: Failure<S::Error>,
+        _cx: &Context,
     ) -> Outcome<S> {
-        let panicked = self.caught(&*payload, cx);
-        drop(payload);
         let mut meta = Meta {
             attempts: 1,
-            panics: 1,
             first_failure: Some(Instant::now()),
             ..Meta::default()
         };
-        let mut counted = false;
-        self.recover(&mut counted, &mut meta).await;
-        meta.into_outcome(Err(Failure::Panicked(panicked)), kept)
-    }
-
-    // ---- the guarded path ----
-
-    async fn guarded(&self, item: S::In, cx: &Context) -> Outcome<S> {
-        if let Some(budget) = &self.budget {
-            budget.deposit();
+        if failure.is_panic() {
+            meta.panics = 1;
+            let mut counted = false;
+            self.recover(&mut counted, &mut meta).await;
         }
-        // The fast path: admitted at once, first attempt.
-        if let Some(admit) = self.admit_at_once() {
-            if S::BORROWS {
-                let call = catch_unwind(AssertUnwindSafe(|| self.stage.call_ref(&item, cx)));
-                let result = self.run_call(call, cx).await;
-                return match result {
-                    Ok(output) => {
-                        self.resolve(admit, true, false);
-                        CallOutcome::ok(output)
-                    }
-                    Err(failure) => {
-                        Box::pin(self.general(Some(item), Some((failure, admit)), cx)).await
-                    }
-                };
-            }
-            let kept = self.copy(&item, 1 < self.attempts() || self.waits());
-            let call = catch_unwind(AssertUnwindSafe(|| self.stage.call(item, cx)));
-            let result = self.run_call(call, cx).await;
-            return match result {
-                Ok(output) => {
-                    self.resolve(admit, true, false);
-                    CallOutcome::ok(output)
-                }
-                Err(failure) => Box::pin(self.general(kept, Some((failure, admit)), cx)).await,
-            };
-        }
-        Box::pin(self.general(Some(item), None, cx)).await
+        self.give_up(meta, failure, kept)
     }
 
     /// A copy of `item` for a later call or the dead letter, when one may be needed.
@@ -600,6 +651,22 @@ impl<S: Stage> Policies<S> {
         Ok(admit)
     }
 
+    /// A success of a call the breaker admitted at once (`epoch`), kept in the tally.
+    #[inline]
+    fn succeeded(&self, epoch: Option<u64>) {
+        let Some(epoch) = epoch else {
+            return;
+        };
+        if self.tally_epoch.load(Ordering::Relaxed) == epoch {
+            let n = self.tally_count.load(Ordering::Relaxed);
+            self.tally_count.store(n + 1, Ordering::Relaxed);
+        } else {
+            // A new epoch: what was tallied before belongs to a window that is gone.
+            self.tally_epoch.store(epoch, Ordering::Relaxed);
+            self.tally_count.store(1, Ordering::Relaxed);
+        }
+    }
+
     /// Tells the breaker how an admitted call went.
     fn resolve(&self, admit: Admit<'_>, ok: bool, permanent: bool) {
         let Some(breaker) = &self.breaker else {
@@ -608,14 +675,7 @@ impl<S: Stage> Policies<S> {
         let elapsed = admit.started.map_or(Duration::ZERO, |t| t.elapsed());
         if let Some(epoch) = admit.epoch {
             if ok {
-                if self.tally_epoch.load(Ordering::Relaxed) == epoch {
-                    let n = self.tally_count.load(Ordering::Relaxed);
-                    self.tally_count.store(n + 1, Ordering::Relaxed);
-                } else {
-                    // A new epoch: what was tallied before belongs to a window that is gone.
-                    self.tally_epoch.store(epoch, Ordering::Relaxed);
-                    self.tally_count.store(1, Ordering::Relaxed);
-                }
+                self.succeeded(Some(epoch));
             } else if !permanent {
                 breaker.fail_after(epoch, self.take_tally(epoch), elapsed);
             }
@@ -647,28 +707,35 @@ impl<S: Stage> Policies<S> {
         }
     }
 
-    /// Polls one call under panic capture and the deadline. A combinator, not an `async
-    /// fn`: the call's future is stored once, where it is polled.
+    /// Polls one call under panic capture and the deadline (the call's future is stored
+    /// once, in the hand-written [`Guarded`]).
     #[inline]
-    fn run_call<'a, F>(
-        &'a self,
+    async fn run_call<F>(
+        &self,
         call: std::thread::Result<F>,
-        cx: &'a Context,
-    ) -> impl Future<Output = Result<S::Output, Failure<S::Error>>> + 'a
+        cx: &Context,
+    ) -> Result<S::Output, Failure<S::Error>>
     where
-        F: Future<Output = Result<S::Output, S::Error>> + 'a,
+        F: Future<Output = Result<S::Output, S::Error>>,
     {
-        match call {
-            Ok(call) => Either::Left(Guarded::new(call, self.timeout).map(
-                move |caught| match caught {
-                    Caught::Done(result) => result.map_err(Failure::Call),
-                    Caught::Panicked(payload) => Err(Failure::Panicked(self.caught(&*payload, cx))),
-                    Caught::Elapsed(after) => Err(Failure::Elapsed(self.elapsed(after, cx))),
-                },
-            )),
-            Err(payload) => {
-                Either::Right(ready(Err(Failure::Panicked(self.caught(&*payload, cx)))))
-            }
+        let caught = match call {
+            Ok(call) => Guarded::new(call, self.timeout).await,
+            Err(payload) => Caught::Panicked(payload),
+        };
+        self.settle(caught, cx)
+    }
+
+    /// A guarded call's end as a result.
+    #[inline]
+    fn settle(
+        &self,
+        caught: Caught<Result<S::Output, S::Error>>,
+        cx: &Context,
+    ) -> Result<S::Output, Failure<S::Error>> {
+        match caught {
+            Caught::Done(result) => result.map_err(Failure::Call),
+            Caught::Panicked(payload) => Err(Failure::Panicked(self.caught(&*payload, cx))),
+            Caught::Elapsed(after) => Err(Failure::Elapsed(self.elapsed(after, cx))),
         }
     }
 
@@ -694,7 +761,7 @@ impl<S: Stage> Policies<S> {
                         Err(open) => {
                             meta.attempts += 1;
                             meta.first_failure.get_or_insert_with(Instant::now);
-                            return meta.into_outcome(Err(Failure::BreakerOpen(open)), held);
+                            return self.give_up(meta, Failure::BreakerOpen(open), held);
                         }
                     };
                     let n = meta.attempts + 1;
@@ -769,7 +836,7 @@ impl<S: Stage> Policies<S> {
             }
             meta.attempts += 1;
             if permanent || meta.stop.is_some() || meta.attempts >= max || !can_call {
-                return meta.into_outcome(Err(failure), held);
+                return self.give_up(meta, failure, held);
             }
             // A custom schedule that ends stops the retries.
             let delay = schedule
@@ -788,7 +855,7 @@ impl<S: Stage> Policies<S> {
                 _ => true,
             });
             let Some(delay) = delay else {
-                return meta.into_outcome(Err(failure), held);
+                return self.give_up(meta, failure, held);
             };
             self.counters.record(Event::Retry);
             tracing::debug!(
@@ -803,6 +870,20 @@ impl<S: Stage> Policies<S> {
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+
+    /// The item's last failure, after every policy inside `on_error` gave up on it.
+    ///
+    /// The slot of the fallback layer (the order becomes `on_error( fallback( retry +
+    /// budget( breaker( rate( timeout( catch_panic( fn )))))))`): a fallback would be
+    /// called here with the borrowed input (`held`, kept for it as for retries, one copy
+    /// per item for a by-value stage) and the failure, and its output returned as the
+    /// item's result. Every exit of a failed item that is not on the plain path goes
+    /// through here; a configured fallback would make the engine leave the plain path
+    /// (as any other policy does).
+    #[inline]
+    fn give_up(&self, meta: Meta, failure: Failure<S::Error>, held: Option<S::In>) -> Outcome<S> {
+        meta.into_outcome(Err(failure), held)
     }
 
     /// A copy of the held input, if another call (or the dead letter) needs one.
@@ -894,16 +975,19 @@ fn gone<E>() -> Failure<E> {
     Failure::Panicked(Panicked::new("the item's input is no longer held"))
 }
 
+/// One failed attempt, now.
 fn failed<T, E, I>(error: E, input: Option<I>) -> CallOutcome<T, E, I> {
     CallOutcome {
         result: Err(error),
-        attempts: 1,
-        probes: 0,
-        first_failure: None,
-        panics: 0,
-        input,
-        restarts: 0,
-        stop: None,
+        rare: Some(Box::new(Rare {
+            attempts: 1,
+            probes: 0,
+            panics: 0,
+            restarts: 0,
+            first_failure: Some(Instant::now()),
+            stop: None,
+            input,
+        })),
     }
 }
 
@@ -931,13 +1015,15 @@ impl Meta {
         let input = if result.is_err() { input } else { None };
         CallOutcome {
             result,
-            attempts: self.attempts.max(1),
-            probes: self.probes,
-            first_failure: self.first_failure,
-            panics: self.panics,
-            input,
-            restarts: self.restarts,
-            stop: self.stop,
+            rare: Some(Box::new(Rare {
+                attempts: self.attempts.max(1),
+                probes: self.probes,
+                panics: self.panics,
+                restarts: self.restarts,
+                first_failure: self.first_failure,
+                stop: self.stop,
+                input,
+            })),
         }
     }
 }
@@ -996,6 +1082,124 @@ impl<F: Future> Future for Guarded<F> {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Policies::attempt`]. The first call of an item admitted at once
+    /// is polled here by hand (the stage's own future under `catch_unwind`, a deadline
+    /// armed only if it is pending, the outcome settled inline); everything else (a
+    /// failure, a wait, a borrowing stage's calls) is the boxed general path.
+    #[project = AttemptProj]
+    enum Attempt<'a, S: Stage, F> {
+        Call {
+            #[pin]
+            call: F,
+            kept: Option<S::In>,
+            // The breaker's epoch when it admitted the call without a permit.
+            admit: Option<u64>,
+            timer: LazyTimer,
+            engine: &'a Policies<S>,
+            cx: &'a Context,
+        },
+        Boxed {
+            fut: Pin<Box<dyn Future<Output = Outcome<S>> + Send + 'a>>,
+        },
+    }
+}
+
+impl<'a, S, F> Future for Attempt<'a, S, F>
+where
+    S: Stage,
+    F: Future<Output = Result<S::Output, S::Error>>,
+{
+    type Output = Outcome<S>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, tcx: &mut TaskCx<'_>) -> Poll<Outcome<S>> {
+        let mut this = self;
+        let (failure, kept, admit, engine, cx) = match this.as_mut().project() {
+            AttemptProj::Boxed { fut } => return fut.as_mut().poll(tcx),
+            AttemptProj::Call {
+                call,
+                kept,
+                admit,
+                timer,
+                engine,
+                cx,
+            } => {
+                let engine: &'a Policies<S> = engine;
+                let failure = match catch_unwind(AssertUnwindSafe(|| call.poll(tcx))) {
+                    Ok(Poll::Ready(Ok(output))) => {
+                        if engine.breaker.is_some() {
+                            engine.succeeded(*admit);
+                        }
+                        return Poll::Ready(CallOutcome::ok(output));
+                    }
+                    Ok(Poll::Ready(Err(error))) => Failure::Call(error),
+                    Ok(Poll::Pending) => {
+                        let Some(after) = engine.timeout else {
+                            return Poll::Pending;
+                        };
+                        // Still pending: only now read the clock. Boxed, so only pending
+                        // calls pay for a timer and the future stays small.
+                        let sleep = timer
+                            .0
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                        match sleep.as_mut().poll(tcx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(()) => Failure::Elapsed(engine.elapsed(after, cx)),
+                        }
+                    }
+                    Err(payload) => Failure::Panicked(engine.caught(&*payload, cx)),
+                };
+                if engine.plain && !failure.is_panic() {
+                    return Poll::Ready(failed(failure, kept.take()));
+                }
+                (failure, kept.take(), *admit, engine, *cx)
+            }
+        };
+        Self::fail_over(this, tcx, engine.after_first(kept, failure, admit, cx))
+    }
+}
+
+impl<'a, S, F> Attempt<'a, S, F>
+where
+    S: Stage,
+    F: Future<Output = Result<S::Output, S::Error>>,
+{
+    /// The first call failed: the rest (the breaker's record, retries, a rebuild after a
+    /// panic) runs boxed, after the call's future is dropped.
+    #[cold]
+    #[inline(never)]
+    fn fail_over(
+        mut self: Pin<&mut Self>,
+        tcx: &mut TaskCx<'_>,
+        fut: Pin<Box<dyn Future<Output = Outcome<S>> + Send + 'a>>,
+    ) -> Poll<Outcome<S>> {
+        self.set(Attempt::Boxed { fut });
+        match self.project() {
+            AttemptProj::Boxed { fut } => fut.as_mut().poll(tcx),
+            AttemptProj::Call { .. } => Poll::Pending,
+        }
+    }
+}
+
+/// The deadline of a pending call, armed lazily; dropping an unarmed one is one test.
+struct LazyTimer(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Drop for LazyTimer {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(timer) = self.0.take() {
+            drop_timer(timer);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_timer(timer: Pin<Box<tokio::time::Sleep>>) {
+    drop(timer);
 }
 
 impl<S: Stage + fmt::Debug> fmt::Debug for Policies<S> {

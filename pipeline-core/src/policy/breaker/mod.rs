@@ -450,16 +450,17 @@ impl CircuitBreaker {
             Phase::Closed => {
                 let mut next = None;
                 let mut totals = Totals::default();
-                // Tallied successes come first, in the order they happened. While the
-                // window is clean they cannot trip it, and once it is full of them more
-                // change nothing, so at most a window's worth is written.
-                let clean = window.totals().failures == 0 && window.totals().slow == 0;
-                let cap = if clean { window.capacity() } else { u64::MAX };
-                for _ in 0..successes.min(cap) {
-                    totals = window.record(0, clock);
-                    if totals.calls >= self.cfg.min_calls && self.tripped(&totals) {
-                        next = Some(self.open_phase());
-                        break;
+                // Tallied successes come first, in the order they happened.
+                if successes > 0 && self.cfg.tally && window.record_successes(successes) {
+                    // A clean window: successes cannot trip it.
+                    totals = window.totals();
+                } else {
+                    for _ in 0..successes {
+                        totals = window.record(0, clock);
+                        if totals.calls >= self.cfg.min_calls && self.tripped(&totals) {
+                            next = Some(self.open_phase());
+                            break;
+                        }
                     }
                 }
                 if next.is_none() && outcome != Outcome::Ignore {

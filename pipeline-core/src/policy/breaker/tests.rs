@@ -348,7 +348,7 @@ async fn engine_fail_fast_refuses_and_ignores_permanent_errors() {
     assert!(matches!(stage.call(2, &cx).await, Err(Failure::Call(_))));
     let out = stage.attempt(2, &cx).await;
     assert!(matches!(out.result, Err(Failure::BreakerOpen(_))));
-    assert_eq!(out.attempts, 1);
+    assert_eq!(out.attempts(), 1);
     assert_eq!(stage.counters().breaker_rejections(), 1);
 }
 

@@ -76,6 +76,22 @@ impl SlidingWindow {
         }
     }
 
+    /// Records `n` successes in a clean count window (every slot zero): in O(1).
+    /// Returns `false` (recording nothing) when the window is not clean.
+    pub(super) fn record_successes(&mut self, n: u64) -> bool {
+        match self {
+            SlidingWindow::Count(w) if w.totals.failures == 0 && w.totals.slow == 0 => {
+                let cap = w.ring.len();
+                let n = usize::try_from(n.min(cap as u64)).unwrap_or(cap);
+                w.len = (w.len + n).min(cap);
+                w.next = (w.next + n) % cap;
+                w.totals.calls = u32::try_from(w.len).unwrap_or(u32::MAX);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The totals of a count window (a time window's are computed on record; it never
     /// takes tallies, so zero).
     pub(super) fn totals(&self) -> Totals {
@@ -85,18 +101,13 @@ impl SlidingWindow {
         }
     }
 
-    /// How many calls a count window holds (unbounded for a time window).
-    pub(super) fn capacity(&self) -> u64 {
-        match self {
-            SlidingWindow::Count(w) => w.ring.len() as u64,
-            SlidingWindow::Time(_) => u64::MAX,
-        }
-    }
-
     /// Forgets every call.
     pub(super) fn reset(&mut self) {
         match self {
             SlidingWindow::Count(w) => {
+                // Zeroed, so a clean window (no failure, no slow call) holds only zeros
+                // and `record_successes` may skip writing them.
+                w.ring.fill(0);
                 w.next = 0;
                 w.len = 0;
                 w.totals = Totals::default();

@@ -109,7 +109,8 @@ async fn no_options_means_a_plain_call() {
     let p = Policies::new(dep(3, false), &StageOptions::default());
     assert!(p.plain && p.breaker().is_none());
     let out = p.attempt(5, &Context::new("plain")).await;
-    assert_eq!((out.result.ok(), out.attempts, out.probes), (Some(5), 1, 0));
+    assert_eq!((out.probes(), out.attempts()), (0, 1));
+    assert_eq!(out.result.ok(), Some(5));
     assert_eq!(p.counters().snapshot(), PolicyCounts::default());
     assert_eq!(p.into_inner().calls.load(Ordering::Relaxed), 1);
 }
@@ -177,8 +178,8 @@ async fn backoff_gaps_within_jitter_bounds_and_timeouts_fire_on_time() {
         let start = Instant::now();
         let out = p.attempt(round, &Context::new("rec")).await;
         assert!(matches!(out.result, Err(Failure::Elapsed(_))));
-        assert_eq!(out.attempts, 6);
-        assert_eq!(out.first_failure, Some(start + ms(50)));
+        assert_eq!(out.attempts(), 6);
+        assert_eq!(out.first_failure(), Some(start + ms(50)));
         let calls = p.get_ref().calls();
         let attempts: Vec<u32> = calls.iter().map(|c| c.1).collect();
         assert_eq!(attempts, [1, 2, 3, 4, 5, 6]);
@@ -228,9 +229,9 @@ async fn permanent_faults_are_not_retried_without_an_override() {
     };
     let p = Policies::new(Strict(AtomicU32::new(0)), &opts);
     let out = p.attempt(0, &Context::new("strict")).await;
-    assert_eq!(out.attempts, 1);
+    assert_eq!(out.attempts(), 1);
     let out = p.attempt(1, &Context::new("strict")).await;
-    assert_eq!(out.attempts, 4);
+    assert_eq!(out.attempts(), 4);
     assert_eq!(p.get_ref().0.load(Ordering::Relaxed), 5);
 }
 
@@ -241,8 +242,8 @@ async fn a_retry_when_predicate_makes_the_rest_permanent() {
         ..named("when")
     };
     let p = Policies::new(Recorder::default(), &opts);
-    assert_eq!(p.attempt(7, &Context::new("when")).await.attempts, 1);
-    assert_eq!(p.attempt(8, &Context::new("when")).await.attempts, 4);
+    assert_eq!(p.attempt(7, &Context::new("when")).await.attempts(), 1);
+    assert_eq!(p.attempt(8, &Context::new("when")).await.attempts(), 4);
 }
 
 #[tokio::test(start_paused = true)]
@@ -275,7 +276,7 @@ async fn a_custom_schedule_that_ends_stops_retrying() {
         Policies::new(Recorder::default(), &opts).with_backoff(Backoff::from_iter([ms(5), ms(7)]));
     let start = Instant::now();
     let out = p.attempt(1, &Context::new("rec")).await;
-    assert_eq!(out.attempts, 3);
+    assert_eq!(out.attempts(), 3);
     assert_eq!(start.elapsed(), ms(12));
 }
 
@@ -339,7 +340,7 @@ async fn a_retry_after_a_panic_runs_on_rebuilt_state_and_the_item_counts_once() 
     let out = p.attempt(9, &Context::new("p")).await;
     // Two panicking attempts, each followed by a rebuild; the third runs on fresh state.
     assert_eq!(out.result.as_ref().ok(), Some(&9));
-    assert_eq!((out.attempts, out.panics, out.restarts()), (3, 2, 2));
+    assert_eq!((out.attempts(), out.panics(), out.restarts()), (3, 2, 2));
     assert!(
         out.stop().is_none(),
         "one item is one restart: within max = 1"
@@ -355,7 +356,7 @@ async fn a_retry_after_a_panic_runs_on_rebuilt_state_and_the_item_counts_once() 
         "{:?}",
         out.stop()
     );
-    assert_eq!(out.attempts, 1, "no retry once the pipeline must stop");
+    assert_eq!(out.attempts(), 1, "no retry once the pipeline must stop");
 }
 
 #[tokio::test(start_paused = true)]
@@ -368,7 +369,7 @@ async fn a_failing_restart_stops_the_retries() {
     let p = Policies::new(panic_first(1, true), &opts);
     let out = p.attempt(1, &Context::new("p")).await;
     assert!(out.result.as_ref().is_err_and(|e| e.is_panic()));
-    assert_eq!(out.attempts, 1);
+    assert_eq!(out.attempts(), 1);
     assert!(
         out.stop()
             .is_some_and(|s| s.contains("restart failed: cannot reconnect"))
@@ -381,7 +382,7 @@ async fn a_plain_stage_is_rebuilt_after_a_panic_too() {
     let p = Policies::new(panic_first(1, false), &named("p"));
     assert!(p.plain);
     let out = p.attempt(1, &Context::new("p")).await;
-    assert_eq!((out.attempts, out.panics, out.restarts()), (1, 1, 1));
+    assert_eq!((out.attempts(), out.panics(), out.restarts()), (1, 1, 1));
     assert_eq!(p.call(2, &Context::new("p")).await.ok(), Some(2));
 }
 
@@ -405,8 +406,8 @@ async fn without_a_copy_of_the_input_each_item_gets_one_attempt() {
     let p = Policies::new(Take, &opts);
     assert_eq!(p.attempts(), 1);
     let out = p.attempt(NotClone(4), &Context::new("take")).await;
-    assert_eq!(out.attempts, 1);
-    assert!(out.first_failure.is_some());
+    assert_eq!(out.attempts(), 1);
+    assert!(out.first_failure().is_some());
     assert_eq!(p.counters().retries(), 0);
 }
 
@@ -426,8 +427,8 @@ async fn breaker_waits_cost_no_attempt() {
         b.force_open();
     }
     let out = p.attempt(1, &Context::new("wait")).await;
+    assert_eq!(out.attempts(), 1, "the 5 s wait was not an attempt");
     assert_eq!(out.result.ok(), Some(1));
-    assert_eq!(out.attempts, 1, "the 5 s wait was not an attempt");
 }
 
 #[tokio::test(start_paused = true)]
@@ -458,13 +459,13 @@ async fn failed_probes_spend_no_attempt_and_the_item_waits_out_a_long_outage() {
     let out = p.attempt(3, &Context::new("probe")).await;
     let _ = heal.await;
     assert_eq!(
-        out.result.ok(),
-        Some(3),
+        out.result.as_ref().ok(),
+        Some(&3),
         "delivered after the heal, not given up"
     );
-    assert_eq!(out.attempts, 1);
+    assert_eq!(out.attempts(), 1);
     // A probe every 5 s for 600 s, every one failed: 120 probes, none an attempt.
-    assert_eq!(out.probes, 120);
+    assert_eq!(out.probes(), 120);
     assert_eq!(start.elapsed(), Duration::from_secs(605));
     assert_eq!(p.breaker().map(|b| b.state()), Some(BreakerState::Closed));
 }
@@ -491,7 +492,7 @@ async fn fail_fast_gives_every_item_one_outcome_under_a_dead_dependency() {
     let mut failed = 0;
     for n in 0..items {
         let out = p.attempt(n, &Context::new("dead")).await;
-        assert!(out.attempts >= 1 && out.attempts <= 3);
+        assert!(out.attempts() >= 1 && out.attempts() <= 3);
         failed += u32::from(out.result.is_err());
     }
     assert_eq!(failed, items, "exactly one (failed) outcome per item");
