@@ -282,7 +282,7 @@ impl<S: Stage> Results<'_, S> {
                 let failure = Failure::Panicked(crate::policy::Panicked::new(format!(
                     "flat-map iterator panicked: {message}"
                 )));
-                let tries = Tries {
+                let tries = Tried {
                     attempts: 1,
                     probes: 0,
                     first_failure: None,
