@@ -328,7 +328,10 @@ fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) ->
     let func = &stage.ident;
     let mut setup = Vec::new();
     let mut call_args = Vec::new();
-    for arg in &stage.args {
+    for (index, arg) in stage.args.iter().enumerate() {
+        // Locals are named by position: `state_{field}` would turn `#[state] _x` into
+        // `state__x`, which trips `non_snake_case` in the user's crate.
+        let local = format_ident!("state_{}", index);
         call_args.push(match arg {
             Arg::Input { by_ref: false } => quote!(item),
             Arg::Input { by_ref: true } => input.clone(),
@@ -339,7 +342,6 @@ fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) ->
             Arg::Context => quote!(cx),
             Arg::Shared(state) if blocking => {
                 let field = &state.field;
-                let local = format_ident!("state_{}", field);
                 setup.push(quote!(let #local = #p::Clone::clone(&self.#field);));
                 quote!(&#local)
             }
@@ -349,7 +351,6 @@ fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) ->
             }
             Arg::Mut(state) => {
                 let field = &state.field;
-                let local = format_ident!("state_{}", field);
                 setup.push(quote!(let mut #local = self.#field.lock().await;));
                 quote!(&mut #local)
             }
@@ -415,6 +416,10 @@ fn options(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
                 let v = Literal::f64_unsuffixed(b.value);
                 fields.push(quote!(retry.budget = #p::Some(#v);));
             }
+            if let Some(f) = retry.budget_floor.get() {
+                let n = Literal::u32_unsuffixed(f.value);
+                fields.push(quote!(retry.budget_floor = #n;));
+            }
             let value = with_fields(
                 quote!(#p::RetryOptions::new(#attempts)),
                 &quote!(retry),
@@ -478,10 +483,17 @@ fn options(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
         );
         sets.push(quote!(options.breaker = #p::Some(#value);));
     }
-    if let Some(r) = args.rate.get() {
-        let calls = Literal::u32_unsuffixed(r.value.calls);
-        let per = duration(p, r.value.per);
-        sets.push(quote!(options.rate = #p::Some(#p::RateOptions::new(#calls, #per));));
+    if let Some(r) = args.rate.get()
+        && let Some(limit) = r.value.limit.get()
+    {
+        let calls = Literal::u32_unsuffixed(limit.value.calls);
+        let per = duration(p, limit.value.per);
+        let mut value = quote!(#p::RateOptions::new(#calls, #per));
+        if let Some(burst) = r.value.burst.get() {
+            let burst = Literal::u32_unsuffixed(burst.value);
+            value = quote!(#value.with_burst(#burst));
+        }
+        sets.push(quote!(options.rate = #p::Some(#value);));
     }
     if let Some(o) = args.on_error.get() {
         let v = match o.value {

@@ -408,6 +408,43 @@ fn option_variants() {
     assert_eq!(o.ordered, Some(false));
 }
 
+#[stage(
+    retry(attempts = 4, budget = 0.2, budget_floor = 5),
+    rate(limit = "500/s", burst = 50)
+)]
+async fn budgeted(n: u64) -> Result<u64, AppError> {
+    Ok(n)
+}
+
+#[stage(retry(attempts = 2, budget = 0.5, budget_floor = 0), rate(burst = 1, limit = "2/m"))]
+async fn floorless(n: u64) -> u64 {
+    n
+}
+
+#[test]
+fn retry_budget_floor_and_rate_burst() {
+    let o = Budgeted.options();
+    let mut retry = RetryOptions::new(4);
+    retry.budget = Some(0.2);
+    retry.budget_floor = 5;
+    assert_eq!(o.retry, Some(retry));
+    assert_eq!(
+        o.rate,
+        Some(RateOptions::new(500, Duration::from_secs(1)).with_burst(50))
+    );
+
+    let o = Floorless.options();
+    assert_eq!(o.retry.as_ref().map(|r| r.budget_floor), Some(0));
+    assert_eq!(
+        o.rate,
+        Some(RateOptions::new(2, Duration::from_secs(60)).with_burst(1))
+    );
+    // The short form sets no burst, and an unset floor keeps the default.
+    assert_eq!(Variants.options().rate.and_then(|r| r.burst), None);
+    assert_eq!(RetryOptions::new(1).budget_floor, 10);
+    assert_eq!(Defaults.options().retry.map(|r| r.budget_floor), Some(10));
+}
+
 #[stage(breaker, rate = "60/m", on_error = "fail", retry(attempts = 1))]
 async fn defaults(n: u64) -> u64 {
     n

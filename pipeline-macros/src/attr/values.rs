@@ -213,9 +213,15 @@ pub(super) fn share(cx: &Ctxt, key: &Ident, expr: Expr, what: &str) -> Option<Va
     }
 }
 
-/// The index in `choices` of a string literal.
-pub(super) fn choice(cx: &Ctxt, key: &Ident, expr: Expr, choices: &[&str]) -> Option<Val<usize>> {
-    let expected = list_of(&quoted(choices), ", ");
+/// The meaning of a string literal, looked up by name in `choices`.
+pub(super) fn choice<T: Copy>(
+    cx: &Ctxt,
+    key: &Ident,
+    expr: Expr,
+    choices: &[(&str, T)],
+) -> Option<Val<T>> {
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let expected = list_of(&quoted(&names), ", ");
     let Expr::Lit(syn::ExprLit {
         lit: Lit::Str(lit), ..
     }) = &expr
@@ -227,10 +233,10 @@ pub(super) fn choice(cx: &Ctxt, key: &Ident, expr: Expr, choices: &[&str]) -> Op
         return None;
     };
     let text = lit.value();
-    if let Some(index) = choices.iter().position(|c| *c == text) {
+    if let Some((_, value)) = choices.iter().find(|(name, _)| *name == text) {
         return Some(Val {
             span: lit.span(),
-            value: index,
+            value: *value,
         });
     }
     cx.error(
@@ -299,12 +305,36 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     }
     humantime::parse_duration(text).map_err(|error| {
+        // humantime's own text for an unknown unit lists months and years, which are
+        // rejected above: say what is wrong in our words, with the units we accept.
+        let problem = match error {
+            humantime::DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+                format!("`{value}` has no unit")
+            }
+            humantime::DurationError::UnknownUnit { unit, .. } => {
+                format!("unknown unit `{unit}`")
+            }
+            humantime::DurationError::InvalidCharacter(at) => {
+                format!("unexpected character at byte {at}")
+            }
+            humantime::DurationError::NumberExpected(at) => {
+                format!("expected a number at byte {at}")
+            }
+            humantime::DurationError::NumberOverflow => {
+                "the number is too large, or finer than a nanosecond".to_owned()
+            }
+            humantime::DurationError::Empty => "it is empty".to_owned(),
+        };
         format!(
-            "invalid duration `\"{text}\"`: {error}; expected a number and a unit, such as \
-             `\"250ms\"`, `\"2s\"` or `\"1m 30s\"` (units: `ns`, `us`, `ms`, `s`, `m`, `h`, `d`, `w`)"
+            "invalid duration `\"{text}\"`: {problem}; expected a number and a unit, such as \
+             `\"250ms\"`, `\"2s\"` or `\"1m 30s\"` (units: {DURATION_UNITS})"
         )
     })
 }
+
+/// The units `parse_duration` accepts, for messages (humantime's less months and years).
+pub(crate) const DURATION_UNITS: &str = "`ns`, `us`, `ms`, `s` or `sec`, `m` or `min`, \
+                                          `h` or `hr`, `d` or `day`, `w` or `week`";
 
 pub(super) fn rate(cx: &Ctxt, expr: Expr) -> Option<Val<Rate>> {
     let Expr::Lit(syn::ExprLit {
@@ -453,7 +483,7 @@ pub(super) fn quoted_code(choices: &[&str]) -> Vec<String> {
     choices.iter().map(|c| format!("`{c}`")).collect()
 }
 
-pub(super) fn list_of<S: AsRef<str>>(items: &[S], sep: &str) -> String {
+pub(crate) fn list_of<S: AsRef<str>>(items: &[S], sep: &str) -> String {
     items
         .iter()
         .map(AsRef::as_ref)

@@ -53,11 +53,11 @@ where
         Output = ::pipeline_core::__private::Result<Self::Output, Self::Error>,
     > + ::pipeline_core::__private::Send {
         async move {
-            let mut state_seen = self.seen.lock().await;
+            let mut state_1 = self.seen.lock().await;
             ::pipeline_core::__private::Ok(
                 ::pipeline_core::__private::run_blocking(move || dedup(
                         item,
-                        &mut state_seen,
+                        &mut state_1,
                     ))
                     .await,
             )
