@@ -13,6 +13,7 @@ pub use ::tokio;
 
 pub use crate::context::Context;
 pub use crate::error::BoxError;
+use crate::error::Message;
 pub use crate::options::{
     BreakerMode, BreakerOptions, OnError, RateOptions, RestartOptions, RetryOptions, StageOptions,
     Window,
@@ -41,54 +42,238 @@ pub use std::time::Duration;
 /// A stage with mutable state runs one item at a time, so the lock is never contended in
 /// a running pipeline; it exists so the stage can be `Sync` and so a blocking call can
 /// take the state to another thread (the guard is owned).
+///
+/// An infallible factory (`Fn() -> S`) builds the first state in [`new`](Self::new), as
+/// it always did. A fallible one (`Fn() -> Result<S, E>`) builds it in
+/// [`start`](Self::start), called from `Stage::on_start`, so that its error fails the
+/// start of the pipeline, naming the stage, instead of the stage's construction.
 pub struct StateCell<S> {
-    state: Arc<tokio::sync::Mutex<S>>,
-    factory: Box<dyn Fn() -> S + Send + Sync>,
+    state: Arc<tokio::sync::Mutex<Built<S>>>,
+    factory: Box<dyn Fn() -> Result<S, BoxError> + Send + Sync>,
+    /// The state argument's name, for errors.
+    name: &'static str,
     /// Set when `rebuild` found the state locked: the next `lock` rebuilds it first.
     stale: AtomicBool,
 }
 
+/// Where a [`StateCell`] is.
+enum Built<S> {
+    /// Not built yet: a fallible factory builds at the start.
+    No,
+    Yes(S),
+    /// A rebuild failed, which stops the pipeline: the stage keeps this error for the
+    /// calls and restarts still to come rather than calling the factory again.
+    Failed(String),
+}
+
 impl<S> StateCell<S> {
-    /// Builds the first state with `factory` and keeps `factory` for restarts.
-    pub fn new<F>(factory: F) -> Self
-    where
-        F: Fn() -> S + Send + Sync + 'static,
-    {
+    /// Keeps `factory` for the first build and for restarts; an infallible factory builds
+    /// the first state now. `name` is the state argument's, for errors.
+    pub fn new<F: StateFactory<S>>(name: &'static str, factory: F) -> Self {
+        let factory: Box<dyn Fn() -> Result<S, BoxError> + Send + Sync> =
+            Box::new(move || factory.make());
+        // An infallible factory's result is always `Ok`; a panic here is the caller's,
+        // as for any constructor.
+        let first = match F::FALLIBLE {
+            false => factory().map_or(Built::No, Built::Yes),
+            true => Built::No,
+        };
         StateCell {
-            state: Arc::new(tokio::sync::Mutex::new(factory())),
-            factory: Box::new(factory),
+            state: Arc::new(tokio::sync::Mutex::new(first)),
+            factory,
+            name,
             stale: AtomicBool::new(false),
         }
     }
 
-    /// Locks the state for one call (rebuilding it first if a restart asked for that).
-    pub async fn lock(&self) -> tokio::sync::OwnedMutexGuard<S> {
-        let mut guard = Arc::clone(&self.state).lock_owned().await;
-        if self.stale.swap(false, Ordering::AcqRel) {
-            *guard = (self.factory)();
+    /// Builds the state unless it is built already: `Stage::on_start` calls it.
+    ///
+    /// # Errors
+    ///
+    /// The factory's error, or its panic as an error, naming the state.
+    pub fn start(&self) -> Result<(), BoxError> {
+        match self.state.try_lock().as_deref_mut() {
+            Ok(built @ Built::No) => {
+                *built = Built::Yes(self.build()?);
+                Ok(())
+            }
+            Ok(Built::Failed(error)) => Err(Message(error.clone()).into()),
+            // Built already, or in use by a call, which built it.
+            Ok(Built::Yes(_)) | Err(_) => Ok(()),
         }
-        guard
     }
 
-    /// Replaces the state with a fresh one from the factory. A panicking call has dropped
-    /// its guard by the time the supervisor restarts the stage, so the lock is free; if it
-    /// is not, the next call rebuilds the state before using it.
-    pub fn rebuild(&self) {
-        match self.state.try_lock() {
-            Ok(mut guard) => {
-                *guard = (self.factory)();
+    /// Locks the state for one call, building it first if it was never built or a restart
+    /// asked for that.
+    ///
+    /// # Panics
+    ///
+    /// If that build fails, or a rebuild failed before: the call cannot return the
+    /// factory's error as its own, so the attempt panics, and the stage's panic capture
+    /// takes it from there (the failed rebuild has already stopped the pipeline).
+    pub async fn lock(&self) -> StateGuard<S> {
+        let guard = Arc::clone(&self.state).lock_owned().await;
+        let stale = self.stale.swap(false, Ordering::AcqRel);
+        StateGuard(tokio::sync::OwnedMutexGuard::map(guard, |built| {
+            if stale || matches!(built, Built::No) {
+                *built = match self.build() {
+                    Ok(state) => Built::Yes(state),
+                    Err(error) => Built::Failed(error.to_string()),
+                };
+            }
+            match built {
+                Built::Yes(state) => state,
+                Built::Failed(error) => panic!("{error}"),
+                Built::No => unreachable!("the state was just built"),
+            }
+        }))
+    }
+
+    /// Replaces the state with a fresh one from the factory; the old state is dropped
+    /// first, so what it holds (a connection) is released before the new one is made. A
+    /// panicking call has dropped its guard by the time the supervisor restarts the stage,
+    /// so the lock is free; if it is not, the next call rebuilds the state before using it.
+    ///
+    /// # Errors
+    ///
+    /// The factory's error, or its panic as an error, naming the state. The cell keeps
+    /// it: later calls panic with it and later restarts return it, without calling the
+    /// factory again.
+    pub fn rebuild(&self) -> Result<(), BoxError> {
+        match self.state.try_lock().as_deref_mut() {
+            Ok(Built::Failed(error)) => return Err(Message(error.clone()).into()),
+            Ok(built) => {
+                *built = Built::No;
                 self.stale.store(false, Ordering::Release);
+                match self.build() {
+                    Ok(state) => *built = Built::Yes(state),
+                    Err(error) => {
+                        *built = Built::Failed(error.to_string());
+                        return Err(error);
+                    }
+                }
             }
             Err(_) => self.stale.store(true, Ordering::Release),
         }
+        Ok(())
+    }
+
+    /// One call of the factory, its panic caught and returned as an error.
+    fn build(&self) -> Result<S, BoxError> {
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.factory)()))
+            .unwrap_or_else(|payload| {
+                let panic = crate::policy::Panicked::from_payload(&*payload);
+                Err(Message(format!("panicked: {}", panic.message())).into())
+            });
+        built.map_err(|error| {
+            Message(format!(
+                "building the state `{}` failed: {}",
+                self.name,
+                crate::error::chain(&*error)
+            ))
+            .into()
+        })
+    }
+}
+
+/// The state of a [`StateCell`], locked for one call (owned, so a `blocking` call can take
+/// it to the blocking pool).
+pub struct StateGuard<S>(tokio::sync::OwnedMappedMutexGuard<Built<S>, S>);
+
+impl<S> std::ops::Deref for StateGuard<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.0
+    }
+}
+
+impl<S> std::ops::DerefMut for StateGuard<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.0
+    }
+}
+
+impl<S> std::fmt::Debug for StateGuard<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateGuard")
+            .field("state", &std::any::type_name::<S>())
+            .finish_non_exhaustive()
     }
 }
 
 impl<S> std::fmt::Debug for StateCell<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateCell")
+            .field("name", &self.name)
             .field("state", &std::any::type_name::<S>())
             .finish_non_exhaustive()
+    }
+}
+
+/// What a state factory returns: the state itself, or a `Result` of it whose error
+/// converts into a [`BoxError`].
+#[diagnostic::on_unimplemented(
+    message = "a state factory returns `{Self}`, which is not the state `{S}`",
+    label = "this factory must return `{S}` or `Result<{S}, E>`",
+    note = "a factory for `#[state] s: &mut {S}` is a `Fn() -> {S}` or a `Fn() -> Result<{S}, E>` where `E` converts into `BoxError`"
+)]
+pub trait IntoState<S> {
+    /// Whether the factory can fail, so the first state is built at the start.
+    const FALLIBLE: bool;
+
+    /// The state, or the factory's error.
+    ///
+    /// # Errors
+    ///
+    /// The factory's error, boxed.
+    fn into_state(self) -> Result<S, BoxError>;
+}
+
+impl<S> IntoState<S> for S {
+    const FALLIBLE: bool = false;
+
+    fn into_state(self) -> Result<S, BoxError> {
+        Ok(self)
+    }
+}
+
+impl<S, E: Into<BoxError>> IntoState<S> for Result<S, E> {
+    const FALLIBLE: bool = true;
+
+    fn into_state(self) -> Result<S, BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// A factory of per-stage state, as the generated `new` takes it: any
+/// `Fn() -> S` or `Fn() -> Result<S, E>` that can be kept by the stage.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot build the state `{S}`",
+    label = "expected a `Fn() -> {S}` or a `Fn() -> Result<{S}, E>` (`Send + Sync + 'static`)",
+    note = "give a function such as `{S}::default` or `{S}::open`, or a closure `|| ...` that owns what it captures"
+)]
+pub trait StateFactory<S>: Send + Sync + 'static {
+    /// Whether the factory can fail.
+    const FALLIBLE: bool;
+
+    /// Builds one state.
+    ///
+    /// # Errors
+    ///
+    /// The factory's error, boxed.
+    fn make(&self) -> Result<S, BoxError>;
+}
+
+impl<S, F, R> StateFactory<S> for F
+where
+    F: Fn() -> R + Send + Sync + 'static,
+    R: IntoState<S>,
+{
+    const FALLIBLE: bool = R::FALLIBLE;
+
+    fn make(&self) -> Result<S, BoxError> {
+        self().into_state()
     }
 }
 

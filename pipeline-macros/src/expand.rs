@@ -92,13 +92,13 @@ fn definition(p: &TokenStream, stage: &StageFn) -> TokenStream {
             Arg::Mut(state) => {
                 let (field, state_ty) = (&state.field, &state.ty);
                 fields.push(quote!(#field: #p::StateCell<#state_ty>));
-                params.push(
-                    quote!(#field: impl #p::Fn() -> #state_ty + #p::Send + #p::Sync + 'static),
-                );
-                inits.push(quote!(#field: #p::StateCell::new(#field)));
+                params.push(quote!(#field: impl #p::StateFactory<#state_ty>));
+                let name = field.to_string().trim_start_matches("r#").to_owned();
+                inits.push(quote!(#field: #p::StateCell::new(#name, #field)));
                 described.push(format!(
-                    "`{field}` builds the per-stage state, and builds it again when the \
-                     stage restarts after a panic"
+                    "`{field}` builds the per-stage state (a `Fn() -> S`, or a \
+                     `Fn() -> Result<S, E>` whose error fails the start), and builds it \
+                     again when the stage restarts after a panic"
                 ));
             }
             Arg::Input { .. } | Arg::Context => {}
@@ -206,11 +206,23 @@ fn stage_impl(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
             }
         }
     });
+    // Per-stage state is built at the start when its factory can fail (an infallible
+    // one built it in `new`) and rebuilt on restart; an error there fails the start, or
+    // the restart, naming the stage.
     let restart = stage.has_mut_state().then(|| {
-        let fields = stage.mut_state().map(|state| &state.field);
+        let fields: Vec<_> = stage.mut_state().map(|state| &state.field).collect();
         quote! {
+            fn on_start(
+                &self,
+            ) -> impl #p::Future<Output = #p::Result<(), #p::BoxError>> + #p::Send {
+                async move {
+                    #(self.#fields.start()?;)*
+                    #p::Ok(())
+                }
+            }
+
             fn restart(&self) -> #p::Result<(), #p::BoxError> {
-                #(self.#fields.rebuild();)*
+                #(self.#fields.rebuild()?;)*
                 #p::Ok(())
             }
         }

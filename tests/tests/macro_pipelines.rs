@@ -3,12 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pipeline_core::prelude::*;
-use pipeline_core::{Health, Outcome, testing};
+use pipeline_core::{Health, Outcome, Pipeline, sink, source, testing};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AppError {
@@ -306,4 +306,114 @@ async fn a_stage_that_borrows_its_input_is_retried_without_copies() {
     assert_eq!(run.delivered.len(), 100);
     assert_eq!(OWNED_CALLS.load(Ordering::SeqCst), 300);
     assert_eq!(CLONES.load(Ordering::SeqCst), 300);
+}
+
+/// A connection that can fail to open; `opens` counts attempts to open one.
+#[derive(Debug)]
+pub struct Connection {
+    id: u64,
+}
+
+#[derive(Debug)]
+pub struct Unreachable;
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("database unreachable")
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+#[stage(restart(max = 3, within = "1m"))]
+async fn store(n: u64, #[state] conn: &mut Connection) -> (u64, u64) {
+    assert!(n != 5, "injected panic on {n}");
+    (conn.id, n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallible_state_factory_that_fails_fails_the_start_naming_the_stage() {
+    let opens = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&opens);
+    let stage = Store::new(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Err::<Connection, _>(Unreachable)
+    });
+    assert_eq!(
+        opens.load(Ordering::SeqCst),
+        0,
+        "a fallible factory runs at the start"
+    );
+    let (out, delivered) = sink::collect();
+    let error = Pipeline::builder("etl")
+        .source(source::iter(0..10u64))
+        .stage(stage)
+        .sink(out)
+        .run()
+        .await
+        .expect_err("the start fails");
+    assert_eq!(error.failure.stage, "store");
+    assert!(
+        error.failure.error.contains("`conn`") && error.failure.error.contains("unreachable"),
+        "{}",
+        error.failure.error
+    );
+    assert!(error.report.is_balanced(), "{}", error.report);
+    assert_eq!(delivered.take().len(), 0);
+    assert_eq!(opens.load(Ordering::SeqCst), 1);
+
+    // A panicking factory is a failed start too, not a crash.
+    let stage = Store::new(|| -> Result<Connection, Unreachable> { panic!("no driver") });
+    let (out, _) = sink::collect();
+    let error = Pipeline::builder("etl")
+        .source(source::iter(0..10u64))
+        .stage(stage)
+        .sink(out)
+        .run()
+        .await
+        .expect_err("the start fails");
+    assert_eq!(error.failure.stage, "store");
+    assert!(
+        error.failure.error.contains("no driver"),
+        "{}",
+        error.failure.error
+    );
+    assert!(error.report.is_balanced(), "{}", error.report);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_factory_failing_on_restart_stops_the_pipeline_naming_the_stage() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info.to_string();
+        if !text.contains("injected panic") && !text.contains("unreachable") {
+            default_hook(info);
+        }
+    }));
+    // The first open succeeds; the reopen after the panic on 5 fails.
+    let opens = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&opens);
+    let stage = Store::new(move || match counted.fetch_add(1, Ordering::SeqCst) {
+        0 => Ok(Connection { id: 7 }),
+        _ => Err(Unreachable),
+    });
+    let (out, delivered) = sink::collect();
+    let error = Pipeline::builder("etl")
+        .source(source::iter(0..10u64))
+        .stage(stage)
+        .sink(out)
+        .run()
+        .await
+        .expect_err("the restart fails");
+    assert_eq!(error.failure.stage, "store");
+    assert!(
+        error.failure.error.contains("restart") && error.failure.error.contains("unreachable"),
+        "{}",
+        error.failure.error
+    );
+    assert!(error.report.is_balanced(), "{}", error.report);
+    assert_eq!(opens.load(Ordering::SeqCst), 2);
+    let delivered = delivered.take();
+    assert!(delivered.iter().all(|(id, _)| *id == 7), "{delivered:?}");
+    assert!(delivered.iter().any(|(_, n)| *n == 4), "{delivered:?}");
 }
