@@ -29,7 +29,7 @@ pub use std::convert::{Infallible, Into};
 pub use std::default::Default;
 pub use std::fmt::{Debug, Formatter, Result as FmtResult};
 pub use std::future::Future;
-pub use std::marker::{Copy, Send, Sync};
+pub use std::marker::{Copy, PhantomData, Send, Sync};
 pub use std::ops::Fn;
 pub use std::option::Option::{self, None, Some};
 pub use std::result::Result::{self, Err, Ok};
@@ -311,14 +311,136 @@ where
 pub trait StageInput: Send + 'static {}
 impl<T: Send + 'static> StageInput for T {}
 
-/// State shared by every call of a stage, and by the stage's tasks.
+/// State shared by every call of a stage (`#[state] s: &S`), and by the stage's tasks.
+///
+/// It sits behind a pointer that is `Send + Sync` whatever `S` is, so the stage type is
+/// a `Stage` even when `S` is not thread-safe. That mistake is then reported once, by
+/// [`shared`] where the stage is built, instead of on the `Stage` impl and again at every
+/// use of the stage.
+pub struct Shared<S: ?Sized + 'static>(Arc<dyn std::ops::Deref<Target = S> + Send + Sync>);
+
+impl<S: ?Sized> std::ops::Deref for Shared<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.0
+    }
+}
+
+impl<S: ?Sized> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<S: ?Sized> std::fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Shared")
+            .field(&std::any::type_name::<S>())
+            .finish()
+    }
+}
+
+/// Asks whether `T` is `Send + Sync` without failing when it is not: the generated code
+/// calls `(&Probe::<T>::NEW).method()`, which finds [`ThreadSafeProbe`] when `T` is
+/// thread-safe and falls back to [`AnyProbe`] (one autoref further) when it is not, as
+/// [`ErrorProbe`] does for errors. Only [`shared`] turns the answer into an error.
+pub struct Probe<T: ?Sized>(std::marker::PhantomData<fn(&T)>);
+
+impl<T: ?Sized> Probe<T> {
+    /// The probe.
+    pub const NEW: Self = Probe(std::marker::PhantomData);
+}
+
+impl<T: ?Sized> std::fmt::Debug for Probe<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Probe")
+    }
+}
+
+/// The answer of a [`Probe`]: `T` is `Send + Sync`.
+#[derive(Debug)]
+pub struct ThreadSafe;
+
+/// The answer of a [`Probe`]: `T` is not `Send + Sync`.
+#[derive(Debug)]
+pub struct NotThreadSafe;
+
+/// The thread-safe half of [`Probe`].
+pub trait ThreadSafeProbe<T: ?Sized> {
+    /// Puts the state behind its pointer.
+    fn share(&self, state: Arc<T>) -> (Shared<T>, ThreadSafe);
+
+    /// Calls the function (which borrows the state) and returns its future.
+    fn run<F, Fut>(&self, call: F) -> Fut
+    where
+        F: FnOnce() -> Fut;
+}
+
+impl<T: ?Sized + Send + Sync + 'static> ThreadSafeProbe<T> for Probe<T> {
+    fn share(&self, state: Arc<T>) -> (Shared<T>, ThreadSafe) {
+        (Shared(Arc::new(state)), ThreadSafe)
+    }
+
+    fn run<F, Fut>(&self, call: F) -> Fut
+    where
+        F: FnOnce() -> Fut,
+    {
+        call()
+    }
+}
+
+/// The fallback half of [`Probe`]: only reached in code that [`shared`] rejects, so
+/// nothing here ever runs; it gives that code types that raise no second error.
+pub trait AnyProbe<T: ?Sized> {
+    /// Never runs: the stage does not compile.
+    fn share(&self, state: Arc<T>) -> (Shared<T>, NotThreadSafe);
+
+    /// Never runs: a future that does not hold the function's future, whose borrow of a
+    /// state that is not `Sync` would make the stage's future not `Send` (a second error).
+    fn run<F, Fut>(&self, call: F) -> std::future::Pending<Fut::Output>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future;
+}
+
+impl<T: ?Sized> AnyProbe<T> for &Probe<T> {
+    fn share(&self, state: Arc<T>) -> (Shared<T>, NotThreadSafe) {
+        drop(state);
+        unreachable!("a stage whose state is not thread-safe does not compile")
+    }
+
+    fn run<F, Fut>(&self, call: F) -> std::future::Pending<Fut::Output>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future,
+    {
+        drop(call);
+        std::future::pending()
+    }
+}
+
+/// The one check of a shared state's thread safety: `shared::<S, _>((&Probe::<S>::NEW)
+/// .share(state))`, the bound on the user's `S`, where rustc reports it.
+pub fn shared<S: ?Sized + SharedState<V>, V>(probed: (Shared<S>, V)) -> Shared<S> {
+    probed.0
+}
+
+/// A shared state whose [`Probe`] answered [`ThreadSafe`].
 #[diagnostic::on_unimplemented(
     message = "the stage state `{Self}` cannot be shared between threads",
     label = "this state type is not `Send + Sync`",
     note = "a stage runs on several tasks at once; use thread-safe types (`Arc` instead of `Rc`, `Mutex` instead of `RefCell`)"
 )]
-pub trait SharedState: Send + Sync + 'static {}
-impl<T: ?Sized + Send + Sync + 'static> SharedState for T {}
+pub trait SharedState<Verdict> {}
+impl<S: ?Sized> SharedState<ThreadSafe> for S {}
+// A second impl, so that rustc takes the verdict from the probe's answer instead of
+// inferring it from the only impl (which would turn the error into a type mismatch).
+impl<S: ?Sized> SharedState<Undecided> for S {}
+
+/// Never produced: see the second impl of [`SharedState`].
+#[derive(Debug)]
+pub struct Undecided;
 
 /// Mutable per-stage state: moved between calls and, for `blocking` stages, threads.
 #[diagnostic::on_unimplemented(

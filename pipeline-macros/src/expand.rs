@@ -84,9 +84,17 @@ fn definition(p: &TokenStream, stage: &StageFn) -> TokenStream {
         match arg {
             Arg::Shared(state) => {
                 let (field, state_ty) = (&state.field, &state.ty);
-                fields.push(quote!(#field: #p::Arc<#state_ty>));
+                fields.push(quote!(#field: #p::Shared<#state_ty>));
                 params.push(quote!(#field: impl #p::Into<#p::Arc<#state_ty>>));
-                inits.push(quote!(#field: #p::Into::into(#field)));
+                // The one check of the state's thread safety: the bound is on the state
+                // type as the user wrote it, so rustc reports it there.
+                let shared = quote!(#p::shared::<#state_ty, _>(
+                    (&#p::Probe::<#state_ty>::NEW).share(#p::Into::into(#field))
+                ));
+                inits.push(quote!(#field: {
+                    use #p::{AnyProbe as _, ThreadSafeProbe as _};
+                    #shared
+                }));
                 described.push(format!("`{field}` is shared by every call"));
             }
             Arg::Mut(state) => {
@@ -167,9 +175,6 @@ fn stage_impl(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
 
     // Hidden checks, each spanned on the user's type it is about.
     let mut checks = vec![check(&stage.input, p, "StageInput")];
-    for state in stage.shared_state() {
-        checks.push(check(&state.ty, p, "SharedState"));
-    }
     for state in stage.mut_state() {
         checks.push(check(&state.ty, p, "MutState"));
     }
@@ -370,8 +375,19 @@ fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) ->
     }
 
     let mut result = quote!(#func(#(#call_args),*));
+    let shared: Vec<_> = stage.shared_state().map(|state| &state.ty).collect();
     if blocking {
         result = quote!(#p::run_blocking(move || #result).await);
+    } else if stage.asyncness.is_some() && !shared.is_empty() {
+        // The function's future borrows the shared state. When that state is not `Sync`
+        // (reported once, in `new`), the probe gives a future that does not hold it, so
+        // the stage's own future raises no second error for the same mistake.
+        result = quote!({
+            use #p::{AnyProbe as _, ThreadSafeProbe as _};
+            (&#p::Probe::<(#(#p::PhantomData<#shared>,)*)>::NEW)
+                .run(|| #result)
+                .await
+        });
     } else if stage.asyncness.is_some() {
         result = quote!(#result.await);
     }

@@ -187,7 +187,8 @@ mod valid;
 ///
 /// For `#[stage(timeout = "2s")] async fn enrich(order: Order, #[state] db: &Db) ->
 /// Result<Enriched, DbError>`, this (paths shortened; the real code names everything
-/// through `pipeline_core::__private`, and adds `where` clauses that check the types):
+/// through `pipeline_core::__private`, adds `where` clauses that check the types, and
+/// keeps shared state behind a pointer whose thread safety is checked once, in `new`):
 ///
 /// ```
 /// # use std::{sync::Arc, time::Duration};
@@ -464,7 +465,8 @@ mod valid;
 /// | ``` `BoxError` does not implement `std::error::Error` ``` (or `String`, `anyhow::Error`) | use a concrete error type (an enum deriving `thiserror::Error`, or `pipeline_core::error::Message`) |
 /// | ``a state factory returns `X`, which is not the state `S` `` / ``cannot build the state`` | give `new` a `Fn() -> S` or a `Fn() -> Result<S, E>` |
 /// | ``the trait `std::error::Error` is not implemented for `E` `` | the error type must implement `std::error::Error + Send + Sync + 'static` |
-/// | ``` `Rc<..>` cannot be sent between threads safely ``` (on an argument type) | the input or state is not thread-safe: `Arc`, `Mutex`, owned data |
+/// | ``` `Rc<..>` cannot be sent between threads safely ``` (on an argument type) | the input or `&mut` state is not thread-safe: `Arc`, `Mutex`, owned data |
+/// | ``the stage state `S` cannot be shared between threads`` | a `#[state] s: &S` that is not `Send + Sync`: `Mutex` instead of `RefCell`, atomics instead of `Cell`, `Arc` instead of `Rc` |
 /// | ``` `T` is not iterable, so a `flatten` stage cannot emit its items ``` | return a `Vec<T>` or another `IntoIterator`, or remove `flatten` |
 /// | ``future cannot be sent between threads safely`` (on the function's name) | a non-`Send` value is held across an `.await` in the body; the note shows which |
 ///
