@@ -118,6 +118,11 @@ impl<T> Slot<T> {
         self.seen
     }
 
+    /// Whether the key was written, and whether it holds a valid value.
+    pub(crate) fn presence(&self) -> (bool, bool) {
+        (self.seen, self.value.is_some())
+    }
+
     pub(crate) fn get(&self) -> Option<&Opt<T>> {
         self.value.as_ref()
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use syn::ItemFn;
 
 use crate::ast::StageFn;
-use crate::attr::{Args, list_of};
+use crate::attr::{Args, Slot, list_of};
 use crate::ctxt::Ctxt;
 
 /// `RetryOptions::new`'s defaults, for messages about them.
@@ -100,23 +100,45 @@ pub(crate) fn check(args: &mut Args, func: &ItemFn, stage: Option<&StageFn>, cx:
 /// Settings a list option cannot do without. A list missing one is reported on its key
 /// and dropped; so is one whose required value was invalid (that was reported already).
 fn required_settings(args: &mut Args, cx: &Ctxt) {
-    if let Some(retry) = args.retry.get()
-        && !retry.value.attempts.is_given()
-    {
-        cx.error(
-            retry.key,
-            "`retry` needs `attempts`, the number of attempts in all, the first included, \
-             such as `retry(attempts = 3)`",
-        );
-    }
-    if args
-        .retry
-        .get()
-        .is_some_and(|r| r.value.attempts.get().is_none())
-    {
-        args.retry.clear();
-    }
+    require(
+        &mut args.retry,
+        cx,
+        &[("attempts", |r| r.attempts.presence())],
+        |missing| {
+            format!(
+                "`retry` needs {missing}, the number of attempts in all, the first included, \
+                 such as `retry(attempts = 3)`"
+            )
+        },
+    );
+    require(
+        &mut args.restart,
+        cx,
+        &[
+            ("max", |r| r.max.presence()),
+            ("within", |r| r.within.presence()),
+        ],
+        |missing| {
+            format!(
+                "`restart` needs {missing}: at most `max` restarts `within` a window, such as \
+                 `restart(max = 3, within = \"60s\")`"
+            )
+        },
+    );
+    require(
+        &mut args.rate,
+        cx,
+        &[("limit", |r| r.limit.presence())],
+        |missing| {
+            format!(
+                "`rate` needs {missing}, the calls allowed per period: write \
+                 `rate = \"500/s\"`, or `rate(limit = \"500/s\", burst = 50)` to also bound \
+                 the burst"
+            )
+        },
+    );
 
+    // The floor belongs to the budget.
     if let Some(retry) = args.retry.value_mut() {
         let retry = &mut retry.value;
         if let Some(floor) = retry.budget_floor.get()
@@ -131,48 +153,32 @@ fn required_settings(args: &mut Args, cx: &Ctxt) {
             retry.budget_floor.clear();
         }
     }
+}
 
-    if let Some(restart) = args.restart.get() {
-        let r = &restart.value;
-        let missing: Vec<&str> = [("max", r.max.is_given()), ("within", r.within.is_given())]
-            .into_iter()
-            .filter(|(_, given)| !given)
-            .map(|(name, _)| name)
-            .collect();
-        if !missing.is_empty() {
-            cx.error(
-                restart.key,
-                format!(
-                    "`restart` needs {}: at most `max` restarts `within` a window, such \
-                     as `restart(max = 3, within = \"60s\")`",
-                    list_of(&missing, " and ")
-                ),
-            );
-        }
-    }
-    if args
-        .restart
-        .get()
-        .is_some_and(|r| r.value.max.get().is_none() || r.value.within.get().is_none())
-    {
-        args.restart.clear();
-    }
+/// A required setting of a list option: its name, and whether it was written and valid.
+type Required<T> = (&'static str, fn(&T) -> (bool, bool));
 
-    if let Some(rate) = args.rate.get()
-        && !rate.value.limit.is_given()
-    {
-        cx.error(
-            rate.key,
-            "`rate` needs `limit`, the calls allowed per period: write `rate = \"500/s\"`, \
-             or `rate(limit = \"500/s\", burst = 50)` to also bound the burst",
-        );
+/// Reports the required settings `list` lacks (`message` gets their names) and drops
+/// the list when any is missing or invalid.
+fn require<T>(
+    list: &mut Slot<T>,
+    cx: &Ctxt,
+    required: &[Required<T>],
+    message: impl FnOnce(String) -> String,
+) {
+    let Some(opt) = list.get() else {
+        return;
+    };
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|(_, presence)| !presence(&opt.value).0)
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    if !missing.is_empty() {
+        cx.error(opt.key, message(list_of(&missing, " and ")));
     }
-    if args
-        .rate
-        .get()
-        .is_some_and(|r| r.value.limit.get().is_none())
-    {
-        args.rate.clear();
+    if required.iter().any(|(_, presence)| !presence(&opt.value).1) {
+        list.clear();
     }
 }
 

@@ -331,6 +331,34 @@ async fn store(n: u64, #[state] conn: &mut Connection) -> (u64, u64) {
     (conn.id, n)
 }
 
+/// Runs 0..10 through `stage`, which must stop the pipeline; returns its error and what
+/// was delivered.
+async fn run_store(stage: Store) -> (pipeline_core::PipelineError, Vec<(u64, u64)>) {
+    let (out, delivered) = sink::collect();
+    let error = Pipeline::builder("etl")
+        .source(source::iter(0..10u64))
+        .stage(stage)
+        .sink(out)
+        .run()
+        .await
+        .expect_err("the pipeline stops");
+    (error, delivered.take())
+}
+
+/// The run stopped on a failure of `store` whose error says each of `words`, and every
+/// item it took in has an outcome.
+fn assert_stopped_by_store(error: &pipeline_core::PipelineError, words: &[&str]) {
+    assert_eq!(error.failure.stage, "store");
+    for word in words {
+        assert!(
+            error.failure.error.contains(word),
+            "{}",
+            error.failure.error
+        );
+    }
+    assert!(error.report.is_balanced(), "{}", error.report);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_fallible_state_factory_that_fails_fails_the_start_naming_the_stage() {
     let opens = Arc::new(AtomicU64::new(0));
@@ -344,41 +372,15 @@ async fn a_fallible_state_factory_that_fails_fails_the_start_naming_the_stage() 
         0,
         "a fallible factory runs at the start"
     );
-    let (out, delivered) = sink::collect();
-    let error = Pipeline::builder("etl")
-        .source(source::iter(0..10u64))
-        .stage(stage)
-        .sink(out)
-        .run()
-        .await
-        .expect_err("the start fails");
-    assert_eq!(error.failure.stage, "store");
-    assert!(
-        error.failure.error.contains("`conn`") && error.failure.error.contains("unreachable"),
-        "{}",
-        error.failure.error
-    );
-    assert!(error.report.is_balanced(), "{}", error.report);
-    assert_eq!(delivered.take().len(), 0);
+    let (error, delivered) = run_store(stage).await;
+    assert_stopped_by_store(&error, &["on_start", "`conn`", "unreachable"]);
+    assert_eq!(delivered.len(), 0);
     assert_eq!(opens.load(Ordering::SeqCst), 1);
 
     // A panicking factory is a failed start too, not a crash.
     let stage = Store::new(|| -> Result<Connection, Unreachable> { panic!("no driver") });
-    let (out, _) = sink::collect();
-    let error = Pipeline::builder("etl")
-        .source(source::iter(0..10u64))
-        .stage(stage)
-        .sink(out)
-        .run()
-        .await
-        .expect_err("the start fails");
-    assert_eq!(error.failure.stage, "store");
-    assert!(
-        error.failure.error.contains("no driver"),
-        "{}",
-        error.failure.error
-    );
-    assert!(error.report.is_balanced(), "{}", error.report);
+    let (error, _) = run_store(stage).await;
+    assert_stopped_by_store(&error, &["panicked: no driver"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -397,23 +399,9 @@ async fn a_state_factory_failing_on_restart_stops_the_pipeline_naming_the_stage(
         0 => Ok(Connection { id: 7 }),
         _ => Err(Unreachable),
     });
-    let (out, delivered) = sink::collect();
-    let error = Pipeline::builder("etl")
-        .source(source::iter(0..10u64))
-        .stage(stage)
-        .sink(out)
-        .run()
-        .await
-        .expect_err("the restart fails");
-    assert_eq!(error.failure.stage, "store");
-    assert!(
-        error.failure.error.contains("restart") && error.failure.error.contains("unreachable"),
-        "{}",
-        error.failure.error
-    );
-    assert!(error.report.is_balanced(), "{}", error.report);
+    let (error, delivered) = run_store(stage).await;
+    assert_stopped_by_store(&error, &["restart failed", "`conn`", "unreachable"]);
     assert_eq!(opens.load(Ordering::SeqCst), 2);
-    let delivered = delivered.take();
     assert!(delivered.iter().all(|(id, _)| *id == 7), "{delivered:?}");
     assert!(delivered.iter().any(|(_, n)| *n == 4), "{delivered:?}");
 }

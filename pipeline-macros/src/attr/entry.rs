@@ -42,6 +42,20 @@ impl<'m, 'a> Entry<'m, 'a> {
         }))
     }
 
+    /// Reads one entry with `each`; a key that is not a plain name is reported instead.
+    pub(super) fn read(
+        meta: &'m ParseNestedMeta<'a>,
+        cx: &'m Ctxt,
+        level: Level,
+        names: &'static [&'static str],
+        each: impl FnOnce(&Self) -> syn::Result<()>,
+    ) -> syn::Result<()> {
+        match Entry::new(meta, cx, level, names)? {
+            Some(entry) => each(&entry),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn name(&self) -> String {
         self.key.to_string()
     }
