@@ -1,6 +1,8 @@
 //! Phase 1: `#[stage(...)]` parsed into raw values, each with the span of its key and of
-//! its value. Only the syntax and the range of each value are checked here; rules that
-//! involve several options or the function's signature live in `valid`.
+//! its value. Only the syntax and the range of each value are checked here; settings a
+//! list requires, and rules that involve several options or the function's signature,
+//! live in `valid`. Every key goes through one sequence (`entry::Entry`): read the value
+//! in its shape, parse it, key it, store it once.
 
 use std::time::Duration;
 
