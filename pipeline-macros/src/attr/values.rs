@@ -134,18 +134,42 @@ pub(super) fn ungroup(expr: Expr) -> Expr {
     }
 }
 
-pub(super) fn string(cx: &Ctxt, expr: Expr, what: &str) -> Option<Val<LitStr>> {
+/// The string literal `expr` is, or `None` once `expected` is reported on it.
+fn str_lit<'e>(cx: &Ctxt, expr: &'e Expr, expected: impl std::fmt::Display) -> Option<&'e LitStr> {
     if let Expr::Lit(syn::ExprLit {
         lit: Lit::Str(lit), ..
-    }) = &expr
+    }) = expr
     {
-        return Some(Val {
-            span: lit.span(),
-            value: lit.clone(),
-        });
+        return Some(lit);
     }
-    cx.error_spanned_by(&expr, format!("expected a string literal: {what}"));
+    cx.error_spanned_by(expr, expected);
     None
+}
+
+/// A string literal read by `parse`, whose error message is reported on the literal.
+fn parsed<T>(
+    cx: &Ctxt,
+    lit: &LitStr,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<Val<T>> {
+    match parse(&lit.value()) {
+        Ok(value) => Some(Val {
+            span: lit.span(),
+            value,
+        }),
+        Err(message) => {
+            cx.error(lit.span(), message);
+            None
+        }
+    }
+}
+
+pub(super) fn string(cx: &Ctxt, expr: Expr, what: &str) -> Option<Val<LitStr>> {
+    let lit = str_lit(cx, &expr, format!("expected a string literal: {what}"))?;
+    Some(Val {
+        span: lit.span(),
+        value: lit.clone(),
+    })
 }
 
 pub(super) fn int<T>(cx: &Ctxt, key: &Ident, expr: Expr, min: u64) -> Option<Val<T>>
@@ -222,16 +246,11 @@ pub(super) fn choice<T: Copy>(
 ) -> Option<Val<T>> {
     let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
     let expected = list_of(&quoted(&names), ", ");
-    let Expr::Lit(syn::ExprLit {
-        lit: Lit::Str(lit), ..
-    }) = &expr
-    else {
-        cx.error_spanned_by(
-            &expr,
-            format!("expected a string literal for `{key}`: one of {expected}"),
-        );
-        return None;
-    };
+    let lit = str_lit(
+        cx,
+        &expr,
+        format!("expected a string literal for `{key}`: one of {expected}"),
+    )?;
     let text = lit.value();
     if let Some((_, value)) = choices.iter().find(|(name, _)| *name == text) {
         return Some(Val {
@@ -247,30 +266,15 @@ pub(super) fn choice<T: Copy>(
 }
 
 pub(super) fn duration(cx: &Ctxt, expr: Expr, zero_ok: bool) -> Option<Val<Duration>> {
-    let Expr::Lit(syn::ExprLit {
-        lit: Lit::Str(lit), ..
-    }) = &expr
-    else {
-        cx.error_spanned_by(
-            &expr,
-            "expected a duration string such as `\"250ms\"`, `\"2s\"` or `\"1m 30s\"`",
-        );
-        return None;
-    };
-    match parse_duration(&lit.value()) {
-        Ok(d) if d.is_zero() && !zero_ok => {
-            cx.error(lit.span(), "this duration must be greater than zero");
-            None
-        }
-        Ok(d) => Some(Val {
-            span: lit.span(),
-            value: d,
-        }),
-        Err(message) => {
-            cx.error(lit.span(), message);
-            None
-        }
-    }
+    let lit = str_lit(
+        cx,
+        &expr,
+        "expected a duration string such as `\"250ms\"`, `\"2s\"` or `\"1m 30s\"`",
+    )?;
+    parsed(cx, lit, |text| match parse_duration(text) {
+        Ok(d) if d.is_zero() && !zero_ok => Err("this duration must be greater than zero".into()),
+        other => other,
+    })
 }
 
 /// A humantime duration, without month and year units (humantime reads `1M` as 30.44
@@ -337,23 +341,8 @@ pub(crate) const DURATION_UNITS: &str = "`ns`, `us`, `ms`, `s` or `sec`, `m` or 
                                           `h` or `hr`, `d` or `day`, `w` or `week`";
 
 pub(super) fn rate(cx: &Ctxt, expr: Expr) -> Option<Val<Rate>> {
-    let Expr::Lit(syn::ExprLit {
-        lit: Lit::Str(lit), ..
-    }) = &expr
-    else {
-        cx.error_spanned_by(&expr, "expected a rate string such as `\"500/s\"`");
-        return None;
-    };
-    match parse_rate(&lit.value()) {
-        Ok(value) => Some(Val {
-            span: lit.span(),
-            value,
-        }),
-        Err(message) => {
-            cx.error(lit.span(), message);
-            None
-        }
-    }
+    let lit = str_lit(cx, &expr, "expected a rate string such as `\"500/s\"`")?;
+    parsed(cx, lit, parse_rate)
 }
 
 /// `"N/s"`, `"N/m"`, `"N/h"`, or `"N/<duration>"` such as `"10/100ms"`.
