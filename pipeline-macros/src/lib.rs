@@ -351,7 +351,7 @@ mod valid;
 /// assert_eq!(Fetch.options().breaker, Some(breaker));
 /// ```
 ///
-/// ## `rate`, `on_error`
+/// ## `rate`, `rate(limit, burst)`, `on_error`
 ///
 /// `rate = "500/s"` limits calls per period, in bursts of up to the period's calls (500
 /// at once). `rate(limit = "500/s", burst = 50)` also bounds the burst: at most 50 calls
