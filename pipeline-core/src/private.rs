@@ -13,6 +13,7 @@ pub use ::tokio;
 
 pub use crate::context::Context;
 pub use crate::error::BoxError;
+use crate::error::Message;
 pub use crate::options::{
     BreakerMode, BreakerOptions, OnError, RateOptions, RestartOptions, RetryOptions, StageOptions,
     Window,
@@ -28,7 +29,7 @@ pub use std::convert::{Infallible, Into};
 pub use std::default::Default;
 pub use std::fmt::{Debug, Formatter, Result as FmtResult};
 pub use std::future::Future;
-pub use std::marker::{Copy, Send, Sync};
+pub use std::marker::{Copy, PhantomData, Send, Sync};
 pub use std::ops::Fn;
 pub use std::option::Option::{self, None, Some};
 pub use std::result::Result::{self, Err, Ok};
@@ -41,54 +42,238 @@ pub use std::time::Duration;
 /// A stage with mutable state runs one item at a time, so the lock is never contended in
 /// a running pipeline; it exists so the stage can be `Sync` and so a blocking call can
 /// take the state to another thread (the guard is owned).
+///
+/// An infallible factory (`Fn() -> S`) builds the first state in [`new`](Self::new), as
+/// it always did. A fallible one (`Fn() -> Result<S, E>`) builds it in
+/// [`start`](Self::start), called from `Stage::on_start`, so that its error fails the
+/// start of the pipeline, naming the stage, instead of the stage's construction.
 pub struct StateCell<S> {
-    state: Arc<tokio::sync::Mutex<S>>,
-    factory: Box<dyn Fn() -> S + Send + Sync>,
+    state: Arc<tokio::sync::Mutex<Built<S>>>,
+    factory: Box<dyn Fn() -> Result<S, BoxError> + Send + Sync>,
+    /// The state argument's name, for errors.
+    name: &'static str,
     /// Set when `rebuild` found the state locked: the next `lock` rebuilds it first.
     stale: AtomicBool,
 }
 
+/// Where a [`StateCell`] is.
+enum Built<S> {
+    /// Not built yet: a fallible factory builds at the start.
+    No,
+    Yes(S),
+    /// A rebuild failed, which stops the pipeline: the stage keeps this error for the
+    /// calls and restarts still to come rather than calling the factory again.
+    Failed(String),
+}
+
 impl<S> StateCell<S> {
-    /// Builds the first state with `factory` and keeps `factory` for restarts.
-    pub fn new<F>(factory: F) -> Self
-    where
-        F: Fn() -> S + Send + Sync + 'static,
-    {
+    /// Keeps `factory` for the first build and for restarts; an infallible factory builds
+    /// the first state now. `name` is the state argument's, for errors.
+    pub fn new<F: StateFactory<S>>(name: &'static str, factory: F) -> Self {
+        let factory: Box<dyn Fn() -> Result<S, BoxError> + Send + Sync> =
+            Box::new(move || factory.make());
+        // An infallible factory's result is always `Ok`; a panic here is the caller's,
+        // as for any constructor.
+        let first = match F::FALLIBLE {
+            false => factory().map_or(Built::No, Built::Yes),
+            true => Built::No,
+        };
         StateCell {
-            state: Arc::new(tokio::sync::Mutex::new(factory())),
-            factory: Box::new(factory),
+            state: Arc::new(tokio::sync::Mutex::new(first)),
+            factory,
+            name,
             stale: AtomicBool::new(false),
         }
     }
 
-    /// Locks the state for one call (rebuilding it first if a restart asked for that).
-    pub async fn lock(&self) -> tokio::sync::OwnedMutexGuard<S> {
-        let mut guard = Arc::clone(&self.state).lock_owned().await;
-        if self.stale.swap(false, Ordering::AcqRel) {
-            *guard = (self.factory)();
+    /// Builds the state unless it is built already: `Stage::on_start` calls it.
+    ///
+    /// # Errors
+    ///
+    /// The factory's error, or its panic as an error, naming the state.
+    pub fn start(&self) -> Result<(), BoxError> {
+        match self.state.try_lock().as_deref_mut() {
+            Ok(built @ Built::No) => {
+                *built = Built::Yes(self.build()?);
+                Ok(())
+            }
+            Ok(Built::Failed(error)) => Err(Message(error.clone()).into()),
+            // Built already, or in use by a call, which built it.
+            Ok(Built::Yes(_)) | Err(_) => Ok(()),
         }
-        guard
     }
 
-    /// Replaces the state with a fresh one from the factory. A panicking call has dropped
-    /// its guard by the time the supervisor restarts the stage, so the lock is free; if it
-    /// is not, the next call rebuilds the state before using it.
-    pub fn rebuild(&self) {
-        match self.state.try_lock() {
-            Ok(mut guard) => {
-                *guard = (self.factory)();
+    /// Locks the state for one call, building it first if it was never built or a restart
+    /// asked for that.
+    ///
+    /// # Panics
+    ///
+    /// If that build fails, or a rebuild failed before: the call cannot return the
+    /// factory's error as its own, so the attempt panics, and the stage's panic capture
+    /// takes it from there (the failed rebuild has already stopped the pipeline).
+    pub async fn lock(&self) -> StateGuard<S> {
+        let guard = Arc::clone(&self.state).lock_owned().await;
+        let stale = self.stale.swap(false, Ordering::AcqRel);
+        StateGuard(tokio::sync::OwnedMutexGuard::map(guard, |built| {
+            if stale || matches!(built, Built::No) {
+                *built = match self.build() {
+                    Ok(state) => Built::Yes(state),
+                    Err(error) => Built::Failed(error.to_string()),
+                };
+            }
+            match built {
+                Built::Yes(state) => state,
+                Built::Failed(error) => panic!("{error}"),
+                Built::No => unreachable!("the state was just built"),
+            }
+        }))
+    }
+
+    /// Replaces the state with a fresh one from the factory; the old state is dropped
+    /// first, so what it holds (a connection) is released before the new one is made. A
+    /// panicking call has dropped its guard by the time the supervisor restarts the stage,
+    /// so the lock is free; if it is not, the next call rebuilds the state before using it.
+    ///
+    /// # Errors
+    ///
+    /// The factory's error, or its panic as an error, naming the state. The cell keeps
+    /// it: later calls panic with it and later restarts return it, without calling the
+    /// factory again.
+    pub fn rebuild(&self) -> Result<(), BoxError> {
+        match self.state.try_lock().as_deref_mut() {
+            Ok(Built::Failed(error)) => return Err(Message(error.clone()).into()),
+            Ok(built) => {
+                *built = Built::No;
                 self.stale.store(false, Ordering::Release);
+                match self.build() {
+                    Ok(state) => *built = Built::Yes(state),
+                    Err(error) => {
+                        *built = Built::Failed(error.to_string());
+                        return Err(error);
+                    }
+                }
             }
             Err(_) => self.stale.store(true, Ordering::Release),
         }
+        Ok(())
+    }
+
+    /// One call of the factory, its panic caught and returned as an error.
+    fn build(&self) -> Result<S, BoxError> {
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.factory)()))
+            .unwrap_or_else(|payload| {
+                let panic = crate::policy::Panicked::from_payload(&*payload);
+                Err(Message(format!("panicked: {}", panic.message())).into())
+            });
+        built.map_err(|error| {
+            Message(format!(
+                "building the state `{}` failed: {}",
+                self.name,
+                crate::error::chain(&*error)
+            ))
+            .into()
+        })
+    }
+}
+
+/// The state of a [`StateCell`], locked for one call (owned, so a `blocking` call can take
+/// it to the blocking pool).
+pub struct StateGuard<S>(tokio::sync::OwnedMappedMutexGuard<Built<S>, S>);
+
+impl<S> std::ops::Deref for StateGuard<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.0
+    }
+}
+
+impl<S> std::ops::DerefMut for StateGuard<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.0
+    }
+}
+
+impl<S> std::fmt::Debug for StateGuard<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateGuard")
+            .field("state", &std::any::type_name::<S>())
+            .finish_non_exhaustive()
     }
 }
 
 impl<S> std::fmt::Debug for StateCell<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateCell")
+            .field("name", &self.name)
             .field("state", &std::any::type_name::<S>())
             .finish_non_exhaustive()
+    }
+}
+
+/// What a state factory returns: the state itself, or a `Result` of it whose error
+/// converts into a [`BoxError`].
+#[diagnostic::on_unimplemented(
+    message = "a state factory returns `{Self}`, which is not the state `{S}`",
+    label = "this factory must return `{S}` or `Result<{S}, E>`",
+    note = "a factory for `#[state] s: &mut {S}` is a `Fn() -> {S}` or a `Fn() -> Result<{S}, E>` where `E` converts into `BoxError`"
+)]
+pub trait IntoState<S> {
+    /// Whether the factory can fail, so the first state is built at the start.
+    const FALLIBLE: bool;
+
+    /// The state, or the factory's error.
+    ///
+    /// # Errors
+    ///
+    /// The factory's error, boxed.
+    fn into_state(self) -> Result<S, BoxError>;
+}
+
+impl<S> IntoState<S> for S {
+    const FALLIBLE: bool = false;
+
+    fn into_state(self) -> Result<S, BoxError> {
+        Ok(self)
+    }
+}
+
+impl<S, E: Into<BoxError>> IntoState<S> for Result<S, E> {
+    const FALLIBLE: bool = true;
+
+    fn into_state(self) -> Result<S, BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// A factory of per-stage state, as the generated `new` takes it: any
+/// `Fn() -> S` or `Fn() -> Result<S, E>` that can be kept by the stage.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot build the state `{S}`",
+    label = "expected a `Fn() -> {S}` or a `Fn() -> Result<{S}, E>` (`Send + Sync + 'static`)",
+    note = "give a function such as `{S}::default` or `{S}::open`, or a closure `|| ...` that owns what it captures"
+)]
+pub trait StateFactory<S>: Send + Sync + 'static {
+    /// Whether the factory can fail.
+    const FALLIBLE: bool;
+
+    /// Builds one state.
+    ///
+    /// # Errors
+    ///
+    /// The factory's error, boxed.
+    fn make(&self) -> Result<S, BoxError>;
+}
+
+impl<S, F, R> StateFactory<S> for F
+where
+    F: Fn() -> R + Send + Sync + 'static,
+    R: IntoState<S>,
+{
+    const FALLIBLE: bool = R::FALLIBLE;
+
+    fn make(&self) -> Result<S, BoxError> {
+        self().into_state()
     }
 }
 
@@ -126,14 +311,136 @@ where
 pub trait StageInput: Send + 'static {}
 impl<T: Send + 'static> StageInput for T {}
 
-/// State shared by every call of a stage, and by the stage's tasks.
+/// State shared by every call of a stage (`#[state] s: &S`), and by the stage's tasks.
+///
+/// It sits behind a pointer that is `Send + Sync` whatever `S` is, so the stage type is
+/// a `Stage` even when `S` is not thread-safe. That mistake is then reported once, by
+/// [`shared`] where the stage is built, instead of on the `Stage` impl and again at every
+/// use of the stage.
+pub struct Shared<S: ?Sized + 'static>(Arc<dyn std::ops::Deref<Target = S> + Send + Sync>);
+
+impl<S: ?Sized> std::ops::Deref for Shared<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.0
+    }
+}
+
+impl<S: ?Sized> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<S: ?Sized> std::fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Shared")
+            .field(&std::any::type_name::<S>())
+            .finish()
+    }
+}
+
+/// Asks whether `T` is `Send + Sync` without failing when it is not: the generated code
+/// calls `(&Probe::<T>::NEW).method()`, which finds [`ThreadSafeProbe`] when `T` is
+/// thread-safe and falls back to [`AnyProbe`] (one autoref further) when it is not, as
+/// [`ErrorProbe`] does for errors. Only [`shared`] turns the answer into an error.
+pub struct Probe<T: ?Sized>(std::marker::PhantomData<fn(&T)>);
+
+impl<T: ?Sized> Probe<T> {
+    /// The probe.
+    pub const NEW: Self = Probe(std::marker::PhantomData);
+}
+
+impl<T: ?Sized> std::fmt::Debug for Probe<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Probe")
+    }
+}
+
+/// The answer of a [`Probe`]: `T` is `Send + Sync`.
+#[derive(Debug)]
+pub struct ThreadSafe;
+
+/// The answer of a [`Probe`]: `T` is not `Send + Sync`.
+#[derive(Debug)]
+pub struct NotThreadSafe;
+
+/// The thread-safe half of [`Probe`].
+pub trait ThreadSafeProbe<T: ?Sized> {
+    /// Puts the state behind its pointer.
+    fn share(&self, state: Arc<T>) -> (Shared<T>, ThreadSafe);
+
+    /// Calls the function (which borrows the state) and returns its future.
+    fn run<F, Fut>(&self, call: F) -> Fut
+    where
+        F: FnOnce() -> Fut;
+}
+
+impl<T: ?Sized + Send + Sync + 'static> ThreadSafeProbe<T> for Probe<T> {
+    fn share(&self, state: Arc<T>) -> (Shared<T>, ThreadSafe) {
+        (Shared(Arc::new(state)), ThreadSafe)
+    }
+
+    fn run<F, Fut>(&self, call: F) -> Fut
+    where
+        F: FnOnce() -> Fut,
+    {
+        call()
+    }
+}
+
+/// The fallback half of [`Probe`]: only reached in code that [`shared`] rejects, so
+/// nothing here ever runs; it gives that code types that raise no second error.
+pub trait AnyProbe<T: ?Sized> {
+    /// Never runs: the stage does not compile.
+    fn share(&self, state: Arc<T>) -> (Shared<T>, NotThreadSafe);
+
+    /// Never runs: a future that does not hold the function's future, whose borrow of a
+    /// state that is not `Sync` would make the stage's future not `Send` (a second error).
+    fn run<F, Fut>(&self, call: F) -> std::future::Pending<Fut::Output>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future;
+}
+
+impl<T: ?Sized> AnyProbe<T> for &Probe<T> {
+    fn share(&self, state: Arc<T>) -> (Shared<T>, NotThreadSafe) {
+        drop(state);
+        unreachable!("a stage whose state is not thread-safe does not compile")
+    }
+
+    fn run<F, Fut>(&self, call: F) -> std::future::Pending<Fut::Output>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future,
+    {
+        drop(call);
+        std::future::pending()
+    }
+}
+
+/// The one check of a shared state's thread safety: `shared::<S, _>((&Probe::<S>::NEW)
+/// .share(state))`, the bound on the user's `S`, where rustc reports it.
+pub fn shared<S: ?Sized + SharedState<V>, V>(probed: (Shared<S>, V)) -> Shared<S> {
+    probed.0
+}
+
+/// A shared state whose [`Probe`] answered [`ThreadSafe`].
 #[diagnostic::on_unimplemented(
     message = "the stage state `{Self}` cannot be shared between threads",
     label = "this state type is not `Send + Sync`",
     note = "a stage runs on several tasks at once; use thread-safe types (`Arc` instead of `Rc`, `Mutex` instead of `RefCell`)"
 )]
-pub trait SharedState: Send + Sync + 'static {}
-impl<T: ?Sized + Send + Sync + 'static> SharedState for T {}
+pub trait SharedState<Verdict> {}
+impl<S: ?Sized> SharedState<ThreadSafe> for S {}
+// A second impl, so that rustc takes the verdict from the probe's answer instead of
+// inferring it from the only impl (which would turn the error into a type mismatch).
+impl<S: ?Sized> SharedState<Undecided> for S {}
+
+/// Never produced: see the second impl of [`SharedState`].
+#[derive(Debug)]
+pub struct Undecided;
 
 /// Mutable per-stage state: moved between calls and, for `blocking` stages, threads.
 #[diagnostic::on_unimplemented(

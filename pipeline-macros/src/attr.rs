@@ -1,6 +1,8 @@
 //! Phase 1: `#[stage(...)]` parsed into raw values, each with the span of its key and of
-//! its value. Only the syntax and the range of each value are checked here; rules that
-//! involve several options or the function's signature live in `valid`.
+//! its value. Only the syntax and the range of each value are checked here; settings a
+//! list requires, and rules that involve several options or the function's signature,
+//! live in `valid`. Every key goes through one sequence (`entry::Entry`): read the value
+//! in its shape, parse it, key it, store it once.
 
 use std::time::Duration;
 
@@ -11,13 +13,15 @@ use syn::{Expr, Ident, LitStr};
 
 use crate::ctxt::Ctxt;
 
+mod entry;
 mod settings;
 mod values;
 
-use settings::{breaker_setting, restart_setting, retry_setting};
-use values::{
-    choice, crate_path, duration, flag, int, list, list_of, rate, skip, string, unknown, value,
-};
+use entry::Entry;
+use settings::{breaker_setting, rate_setting, restart_setting, retry_setting};
+use values::{choice, crate_path, duration, int, rate, string};
+
+pub(crate) use values::list_of;
 
 /// Option names, in the order the docs and the messages list them.
 const OPTIONS: &[&str] = &[
@@ -41,6 +45,7 @@ const RETRY: &[&str] = &[
     "max_backoff",
     "jitter",
     "budget",
+    "budget_floor",
     "when",
 ];
 const BREAKER: &[&str] = &[
@@ -53,9 +58,23 @@ const BREAKER: &[&str] = &[
     "half_open",
     "mode",
 ];
+const RATE: &[&str] = &["limit", "burst"];
 const RESTART: &[&str] = &["max", "within", "backoff"];
-const ON_ERROR: &[&str] = &["dead_letter", "drop", "fail"];
-const MODES: &[&str] = &["wait", "fail_fast"];
+/// Every list option with its settings, for a setting written at the top level.
+const LISTS: &[(&str, &[&str])] = &[
+    ("retry", RETRY),
+    ("breaker", BREAKER),
+    ("rate", RATE),
+    ("restart", RESTART),
+];
+/// The choices of `on_error` and of `breaker(mode)`, each with its meaning: a table
+/// rather than positions in a list, so reordering the names cannot change what they mean.
+const ON_ERROR: &[(&str, OnError)] = &[
+    ("dead_letter", OnError::DeadLetter),
+    ("drop", OnError::Drop),
+    ("fail", OnError::Fail),
+];
+const MODES: &[(&str, Mode)] = &[("wait", Mode::Wait), ("fail_fast", Mode::FailFast)];
 
 /// One parsed value with the span of its key (`timeout`) and of its value (`"2s"`).
 pub(crate) struct Opt<T> {
@@ -96,6 +115,16 @@ impl<T> Slot<T> {
         self.value = value;
     }
 
+    /// Whether the key was written at all, even with a value that was rejected.
+    pub(crate) fn is_given(&self) -> bool {
+        self.seen
+    }
+
+    /// Whether the key was written, and whether it holds a valid value.
+    pub(crate) fn presence(&self) -> (bool, bool) {
+        (self.seen, self.value.is_some())
+    }
+
     pub(crate) fn get(&self) -> Option<&Opt<T>> {
         self.value.as_ref()
     }
@@ -115,6 +144,16 @@ impl<T> Slot<T> {
 enum Level {
     Top,
     In(&'static str),
+}
+
+impl Level {
+    /// What a key is at this level: "option", or "`retry` setting".
+    fn what(self) -> String {
+        match self {
+            Level::Top => "option".to_owned(),
+            Level::In(list) => format!("`{list}` setting"),
+        }
+    }
 }
 
 /// `on_error = "..."`.
@@ -139,11 +178,18 @@ pub(crate) enum Window {
     Time(Duration),
 }
 
-/// `rate = "500/s"`.
+/// A rate string, `"500/s"`.
 #[derive(Clone, Copy)]
 pub(crate) struct Rate {
     pub(crate) calls: u32,
     pub(crate) per: Duration,
+}
+
+/// `rate = "500/s"`, or `rate(limit = "500/s", burst = 50)`; `limit` is required.
+#[derive(Default)]
+pub(crate) struct RateLimit {
+    pub(crate) limit: Slot<Rate>,
+    pub(crate) burst: Slot<u32>,
 }
 
 /// `retry(...)`; `attempts` is required.
@@ -154,6 +200,7 @@ pub(crate) struct Retry {
     pub(crate) max_backoff: Slot<Duration>,
     pub(crate) jitter: Slot<bool>,
     pub(crate) budget: Slot<f64>,
+    pub(crate) budget_floor: Slot<u32>,
     pub(crate) when: Slot<Expr>,
 }
 
@@ -188,7 +235,7 @@ pub(crate) struct Args {
     pub(crate) timeout: Slot<Duration>,
     pub(crate) retry: Slot<Retry>,
     pub(crate) breaker: Slot<Breaker>,
-    pub(crate) rate: Slot<Rate>,
+    pub(crate) rate: Slot<RateLimit>,
     pub(crate) on_error: Slot<OnError>,
     pub(crate) restart: Slot<Restart>,
     pub(crate) blocking: Slot<bool>,
@@ -204,186 +251,93 @@ impl Args {
 }
 
 /// Parses the attribute's arguments, reporting every problem to `cx`. A syntax error
-/// stops the parse; the options read before it are kept.
+/// stops the parse; the options read before it are kept. Required settings are checked
+/// in `valid`.
 pub(crate) fn parse(tokens: TokenStream, cx: &Ctxt) -> Args {
     let mut args = Args::default();
     let parser = syn::meta::parser(|meta| option(&mut args, &meta, cx));
     if let Err(error) = parser.parse2(tokens) {
         cx.syn_error(error);
     }
-    // `retry` without `attempts` and `restart` without `max`/`within` were reported
-    // when parsed; an incomplete list is dropped so the expansion never sees it.
-    if args
-        .retry
-        .get()
-        .is_some_and(|r| r.value.attempts.get().is_none())
-    {
-        args.retry.clear();
-    }
-    if args
-        .restart
-        .get()
-        .is_some_and(|r| r.value.max.get().is_none() || r.value.within.get().is_none())
-    {
-        args.restart.clear();
-    }
     args
 }
 
 fn option(args: &mut Args, meta: &ParseNestedMeta<'_>, cx: &Ctxt) -> syn::Result<()> {
-    let Some(key) = meta.path.get_ident().cloned() else {
-        cx.error_spanned_by(&meta.path, unknown("option", &meta.path, OPTIONS));
-        return skip(meta);
+    let Some(e) = Entry::new(meta, cx, Level::Top, OPTIONS)? else {
+        return Ok(());
     };
-    let top = Level::Top;
-    match key.to_string().as_str() {
-        "name" => {
-            let v = value(meta, cx, &key, "name = \"enrich\"")?;
-            let v = v.and_then(|e| string(cx, e, "a name such as `\"enrich\"`"));
-            let v = v.and_then(|o| {
-                if o.value.value().is_empty() {
-                    cx.error(o.span, "the stage name must not be empty");
-                    return None;
-                }
-                Some(o)
-            });
-            args.name.set(cx, &key, top, v.map(|o| o.keyed(&key)));
-        }
-        "concurrency" => {
-            let v = value(meta, cx, &key, "concurrency = 8")?;
-            let v = v.and_then(|e| int::<usize>(cx, &key, e, 1));
-            args.concurrency
-                .set(cx, &key, top, v.map(|o| o.keyed(&key)));
-        }
-        "buffer" => {
-            let v = value(meta, cx, &key, "buffer = 256")?;
-            let v = v.and_then(|e| int::<usize>(cx, &key, e, 1));
-            args.buffer.set(cx, &key, top, v.map(|o| o.keyed(&key)));
-        }
-        "ordered" => {
-            let v = flag(meta, cx, &key)?;
-            args.ordered.set(cx, &key, top, v);
-        }
-        "blocking" => {
-            let v = flag(meta, cx, &key)?;
-            args.blocking.set(cx, &key, top, v);
-        }
-        "flatten" => {
-            let v = flag(meta, cx, &key)?;
-            args.flatten.set(cx, &key, top, v);
-        }
-        "timeout" => {
-            let v = value(meta, cx, &key, "timeout = \"2s\"")?;
-            let v = v.and_then(|e| duration(cx, e, false));
-            args.timeout.set(cx, &key, top, v.map(|o| o.keyed(&key)));
-        }
-        "rate" => {
-            let v = value(meta, cx, &key, "rate = \"500/s\"")?;
-            let v = v.and_then(|e| rate(cx, e));
-            args.rate.set(cx, &key, top, v.map(|o| o.keyed(&key)));
-        }
-        "on_error" => {
-            let v = value(meta, cx, &key, "on_error = \"dead_letter\"")?;
-            let v = v.and_then(|e| choice(cx, &key, e, ON_ERROR)).map(|o| Opt {
-                key: key.span(),
-                span: o.span,
-                value: match o.value {
-                    0 => OnError::DeadLetter,
-                    1 => OnError::Drop,
-                    _ => OnError::Fail,
-                },
-            });
-            args.on_error.set(cx, &key, top, v);
-        }
-        "retry" => {
-            let mut retry = Retry::default();
-            let span = list(meta, cx, &key, "retry(attempts = 3)", |inner| {
-                retry_setting(&mut retry, &inner, cx)
-            })?;
-            if span.is_some() && !retry.attempts.seen {
-                cx.error(
-                    key.span(),
-                    "`retry` needs `attempts`, the number of attempts in all, the first \
-                     included, such as `retry(attempts = 3)`",
-                );
+    let key = &e.key;
+    match e.name().as_str() {
+        "name" => e.value(&mut args.name, "name = \"enrich\"", |v| {
+            let name = string(cx, v, "a name such as `\"enrich\"`")?;
+            if name.value.value().is_empty() {
+                cx.error(name.span, "the stage name must not be empty");
+                return None;
             }
-            let v = span.map(|span| Opt {
-                key: key.span(),
-                span,
-                value: retry,
-            });
-            args.retry.set(cx, &key, top, v);
+            Some(name)
+        }),
+        "concurrency" => e.value(&mut args.concurrency, "concurrency = 8", |v| {
+            int(cx, key, v, 1)
+        }),
+        "buffer" => e.value(&mut args.buffer, "buffer = 256", |v| int(cx, key, v, 1)),
+        "ordered" => e.flag(&mut args.ordered),
+        "blocking" => e.flag(&mut args.blocking),
+        "flatten" => e.flag(&mut args.flatten),
+        "timeout" => e.value(&mut args.timeout, "timeout = \"2s\"", |v| {
+            duration(cx, v, false)
+        }),
+        "rate" if e.has_value() => {
+            // The short form, `rate = "500/s"`: the `limit` alone.
+            let mut limit = RateLimit::default();
+            e.value(&mut limit.limit, "rate = \"500/s\"", |v| rate(cx, v))?;
+            let span = limit.limit.get().map(|o| o.span);
+            e.store(&mut args.rate, span.map(|span| (span, limit)));
+            Ok(())
         }
-        "breaker" => {
-            let mut breaker = Breaker::default();
-            let span = list(meta, cx, &key, "breaker(failure_rate = 0.5)", |inner| {
-                breaker_setting(&mut breaker, &inner, cx)
-            })?;
-            let v = span.map(|span| Opt {
-                key: key.span(),
-                span,
-                value: breaker,
-            });
-            args.breaker.set(cx, &key, top, v);
-        }
-        "restart" => {
-            let mut restart = Restart::default();
-            let span = list(
-                meta,
-                cx,
-                &key,
-                "restart(max = 3, within = \"60s\")",
-                |inner| restart_setting(&mut restart, &inner, cx),
-            )?;
-            let missing: Vec<&str> = [("max", &restart.max.seen), ("within", &restart.within.seen)]
-                .into_iter()
-                .filter(|(_, seen)| !**seen)
-                .map(|(name, _)| name)
-                .collect();
-            if span.is_some() && !missing.is_empty() {
-                cx.error(
-                    key.span(),
-                    format!(
-                        "`restart` needs {}: at most `max` restarts `within` a window, such \
-                         as `restart(max = 3, within = \"60s\")`",
-                        list_of(&missing, " and ")
-                    ),
-                );
-            }
-            let v = span.map(|span| Opt {
-                key: key.span(),
-                span,
-                value: restart,
-            });
-            args.restart.set(cx, &key, top, v);
-        }
-        "crate" => {
-            let v = value(meta, cx, &key, "crate = pipeline_core")?;
-            let v = v.and_then(|e| crate_path(cx, e));
-            args.krate.set(cx, &key, top, v.map(|o| o.keyed(&key)));
-        }
+        "rate" => e.list(
+            &mut args.rate,
+            "rate(limit = \"500/s\", burst = 50)",
+            |r, inner| rate_setting(r, &inner, cx),
+        ),
+        "on_error" => e.value(&mut args.on_error, "on_error = \"dead_letter\"", |v| {
+            choice(cx, key, v, ON_ERROR)
+        }),
+        "retry" => e.list(&mut args.retry, "retry(attempts = 3)", |r, inner| {
+            retry_setting(r, &inner, cx)
+        }),
+        "breaker" => e.list(
+            &mut args.breaker,
+            "breaker(failure_rate = 0.5)",
+            |b, inner| breaker_setting(b, &inner, cx),
+        ),
+        "restart" => e.list(
+            &mut args.restart,
+            "restart(max = 3, within = \"60s\")",
+            |r, inner| restart_setting(r, &inner, cx),
+        ),
+        "crate" => e.value(&mut args.krate, "crate = pipeline_core", |v| {
+            crate_path(cx, v)
+        }),
         other => {
-            let lists: Vec<&str> = [("retry", RETRY), ("breaker", BREAKER), ("restart", RESTART)]
-                .into_iter()
+            let lists: Vec<&str> = LISTS
+                .iter()
                 .filter(|(_, settings)| settings.contains(&other))
-                .map(|(list, _)| list)
+                .map(|(list, _)| *list)
                 .collect();
             if lists.is_empty() {
-                cx.error(key.span(), unknown("option", &key, OPTIONS));
-            } else {
-                let names: Vec<String> = lists.iter().map(|l| format!("`{l}(...)`")).collect();
-                cx.error(
-                    key.span(),
-                    format!(
-                        "`{key}` is a setting of {}, not an option of its own: write it inside \
-                         the parentheses, such as `{}(..., {key} = ...)`",
-                        list_of(&names, " and "),
-                        lists[0]
-                    ),
-                );
+                return e.unknown();
             }
-            return skip(meta);
+            let names: Vec<String> = lists.iter().map(|l| format!("`{l}(...)`")).collect();
+            cx.error(
+                key.span(),
+                format!(
+                    "`{key}` is a setting of {}, not an option of its own: write it inside \
+                     the parentheses, such as `{}(..., {key} = ...)`",
+                    list_of(&names, " and "),
+                    lists[0]
+                ),
+            );
+            e.skip()
         }
     }
-    Ok(())
 }

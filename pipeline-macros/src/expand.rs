@@ -84,21 +84,29 @@ fn definition(p: &TokenStream, stage: &StageFn) -> TokenStream {
         match arg {
             Arg::Shared(state) => {
                 let (field, state_ty) = (&state.field, &state.ty);
-                fields.push(quote!(#field: #p::Arc<#state_ty>));
+                fields.push(quote!(#field: #p::Shared<#state_ty>));
                 params.push(quote!(#field: impl #p::Into<#p::Arc<#state_ty>>));
-                inits.push(quote!(#field: #p::Into::into(#field)));
+                // The one check of the state's thread safety: the bound is on the state
+                // type as the user wrote it, so rustc reports it there.
+                let shared = quote!(#p::shared::<#state_ty, _>(
+                    (&#p::Probe::<#state_ty>::NEW).share(#p::Into::into(#field))
+                ));
+                inits.push(quote!(#field: {
+                    use #p::{AnyProbe as _, ThreadSafeProbe as _};
+                    #shared
+                }));
                 described.push(format!("`{field}` is shared by every call"));
             }
             Arg::Mut(state) => {
                 let (field, state_ty) = (&state.field, &state.ty);
                 fields.push(quote!(#field: #p::StateCell<#state_ty>));
-                params.push(
-                    quote!(#field: impl #p::Fn() -> #state_ty + #p::Send + #p::Sync + 'static),
-                );
-                inits.push(quote!(#field: #p::StateCell::new(#field)));
+                params.push(quote!(#field: impl #p::StateFactory<#state_ty>));
+                let name = field.to_string().trim_start_matches("r#").to_owned();
+                inits.push(quote!(#field: #p::StateCell::new(#name, #field)));
                 described.push(format!(
-                    "`{field}` builds the per-stage state, and builds it again when the \
-                     stage restarts after a panic"
+                    "`{field}` builds the per-stage state (a `Fn() -> S`, or a \
+                     `Fn() -> Result<S, E>` whose error fails the start), and builds it \
+                     again when the stage restarts after a panic"
                 ));
             }
             Arg::Input { .. } | Arg::Context => {}
@@ -167,9 +175,6 @@ fn stage_impl(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
 
     // Hidden checks, each spanned on the user's type it is about.
     let mut checks = vec![check(&stage.input, p, "StageInput")];
-    for state in stage.shared_state() {
-        checks.push(check(&state.ty, p, "SharedState"));
-    }
     for state in stage.mut_state() {
         checks.push(check(&state.ty, p, "MutState"));
     }
@@ -206,11 +211,23 @@ fn stage_impl(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
             }
         }
     });
+    // Per-stage state is built at the start when its factory can fail (an infallible
+    // one built it in `new`) and rebuilt on restart; an error there fails the start, or
+    // the restart, naming the stage.
     let restart = stage.has_mut_state().then(|| {
-        let fields = stage.mut_state().map(|state| &state.field);
+        let fields: Vec<_> = stage.mut_state().map(|state| &state.field).collect();
         quote! {
+            fn on_start(
+                &self,
+            ) -> impl #p::Future<Output = #p::Result<(), #p::BoxError>> + #p::Send {
+                async move {
+                    #(self.#fields.start()?;)*
+                    #p::Ok(())
+                }
+            }
+
             fn restart(&self) -> #p::Result<(), #p::BoxError> {
-                #(self.#fields.rebuild();)*
+                #(self.#fields.rebuild()?;)*
                 #p::Ok(())
             }
         }
@@ -339,7 +356,10 @@ fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) ->
     let func = &stage.ident;
     let mut setup = Vec::new();
     let mut call_args = Vec::new();
-    for arg in &stage.args {
+    for (index, arg) in stage.args.iter().enumerate() {
+        // Locals are named by position: `state_{field}` would turn `#[state] _x` into
+        // `state__x`, which trips `non_snake_case` in the user's crate.
+        let local = format_ident!("state_{}", index);
         call_args.push(match arg {
             Arg::Input { by_ref: false } => quote!(item),
             Arg::Input { by_ref: true } => input.clone(),
@@ -350,7 +370,6 @@ fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) ->
             Arg::Context => quote!(cx),
             Arg::Shared(state) if blocking => {
                 let field = &state.field;
-                let local = format_ident!("state_{}", field);
                 setup.push(quote!(let #local = #p::Clone::clone(&self.#field);));
                 quote!(&#local)
             }
@@ -360,7 +379,6 @@ fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) ->
             }
             Arg::Mut(state) => {
                 let field = &state.field;
-                let local = format_ident!("state_{}", field);
                 setup.push(quote!(let mut #local = self.#field.lock().await;));
                 quote!(&mut #local)
             }
@@ -368,8 +386,19 @@ fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) ->
     }
 
     let mut result = quote!(#func(#(#call_args),*));
+    let shared: Vec<_> = stage.shared_state().map(|state| &state.ty).collect();
     if blocking {
         result = quote!(#p::run_blocking(move || #result).await);
+    } else if stage.asyncness.is_some() && !shared.is_empty() {
+        // The function's future borrows the shared state. When that state is not `Sync`
+        // (reported once, in `new`), the probe gives a future that does not hold it, so
+        // the stage's own future raises no second error for the same mistake.
+        result = quote!({
+            use #p::{AnyProbe as _, ThreadSafeProbe as _};
+            (&#p::Probe::<(#(#p::PhantomData<#shared>,)*)>::NEW)
+                .run(|| #result)
+                .await
+        });
     } else if stage.asyncness.is_some() {
         result = quote!(#result.await);
     }
@@ -425,6 +454,10 @@ fn options(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
             if let Some(b) = retry.budget.get() {
                 let v = Literal::f64_unsuffixed(b.value);
                 fields.push(quote!(retry.budget = #p::Some(#v);));
+            }
+            if let Some(f) = retry.budget_floor.get() {
+                let n = Literal::u32_unsuffixed(f.value);
+                fields.push(quote!(retry.budget_floor = #n;));
             }
             let value = with_fields(
                 quote!(#p::RetryOptions::new(#attempts)),
@@ -489,10 +522,17 @@ fn options(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
         );
         sets.push(quote!(options.breaker = #p::Some(#value);));
     }
-    if let Some(r) = args.rate.get() {
-        let calls = Literal::u32_unsuffixed(r.value.calls);
-        let per = duration(p, r.value.per);
-        sets.push(quote!(options.rate = #p::Some(#p::RateOptions::new(#calls, #per));));
+    if let Some(r) = args.rate.get()
+        && let Some(limit) = r.value.limit.get()
+    {
+        let calls = Literal::u32_unsuffixed(limit.value.calls);
+        let per = duration(p, limit.value.per);
+        let mut value = quote!(#p::RateOptions::new(#calls, #per));
+        if let Some(burst) = r.value.burst.get() {
+            let burst = Literal::u32_unsuffixed(burst.value);
+            value = quote!(#value.with_burst(#burst));
+        }
+        sets.push(quote!(options.rate = #p::Some(#value);));
     }
     if let Some(o) = args.on_error.get() {
         let v = match o.value {

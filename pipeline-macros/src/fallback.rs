@@ -7,7 +7,7 @@
 //! stage type. A method (`self`) gets no stub: it sits in an `impl` block, where a struct
 //! cannot.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
 use quote::quote;
 use syn::{Ident, ItemFn, Visibility};
 
@@ -40,13 +40,62 @@ pub(crate) fn emit(
     quote!(#errors #func #stub)
 }
 
-/// `#[stage]` on something that is not a function: the item unchanged, and one error.
+/// `#[stage]` on something that is not a function: the item unchanged, and one error on
+/// the item's keyword (`struct`, `impl`, ...), past its attributes and visibility.
 pub(crate) fn not_a_function(input: TokenStream) -> TokenStream {
+    let keyword = item_keyword(&input);
+    let what = keyword.as_ref().map_or_else(
+        || "this item".to_owned(),
+        |ident| match ident.to_string().as_str() {
+            "fn" => "a function without a body".to_owned(),
+            other => format!("a `{other}`"),
+        },
+    );
     let error = syn::Error::new(
-        Span::call_site(),
-        "`#[stage]` goes on a function with a body, such as \
-         `async fn parse(line: &str) -> Result<Order, ParseError> { ... }`",
+        keyword.map_or_else(Span::call_site, |ident| ident.span()),
+        format!(
+            "`#[stage]` goes on a function with a body, not on {what}; write a function such \
+             as `async fn parse(line: &str) -> Result<Order, ParseError> {{ ... }}`"
+        ),
     )
     .to_compile_error();
     quote!(#error #input)
+}
+
+/// Words that qualify an item rather than name its kind.
+const QUALIFIERS: &[&str] = &["unsafe", "async", "const", "extern", "default", "safe"];
+
+/// The first word of an item after its outer attributes (`#[...]`) and visibility
+/// (`pub`, `pub(crate)`).
+fn item_keyword(input: &TokenStream) -> Option<Ident> {
+    let mut tokens = input.clone().into_iter().peekable();
+    while let Some(token) = tokens.next() {
+        match token {
+            // `#` and the bracketed attribute after it.
+            TokenTree::Punct(p) if p.as_char() == '#' => {
+                tokens.next();
+            }
+            TokenTree::Ident(ident) if ident == "pub" => {
+                if matches!(tokens.peek(), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis)
+                {
+                    tokens.next();
+                }
+            }
+            // `unsafe impl`, `extern "C" fn`, `const fn`: the item's word comes later.
+            TokenTree::Ident(ident)
+                if QUALIFIERS.contains(&ident.to_string().as_str())
+                    && tokens.peek().is_some_and(|next| match next {
+                        TokenTree::Ident(next) => ["fn", "impl", "trait"]
+                            .iter()
+                            .chain(QUALIFIERS)
+                            .any(|word| next == word),
+                        TokenTree::Literal(_) => true,
+                        _ => false,
+                    }) => {}
+            TokenTree::Literal(_) => {}
+            TokenTree::Ident(ident) => return Some(ident),
+            _ => return None,
+        }
+    }
+    None
 }

@@ -84,6 +84,46 @@ mod valid;
 ///   again each time the stage restarts after a panic. The state is locked for a whole
 ///   call, so such a stage runs one item at a time. When every state argument is
 ///   mutable and `Default`, the stage implements `Default` too (`Count::default()`).
+///   Per-stage state is lost on a restart: keep what must outlive the run (totals, a
+///   summary) in shared state, as [below](#reading-results-out-of-a-stage).
+///
+/// **State that can fail to build.** The factory may also return `Result<S, E>` (with
+/// `E` convertible into `BoxError`, as any `std::error::Error + Send + Sync` is):
+/// `Store::new(|| Connection::open(&path))`. Such a factory runs when the pipeline
+/// starts (`Stage::on_start`), not in `new`, and again on every restart. An error, or a
+/// panic, in it fails the start, or the restart, and the pipeline stops with an error
+/// that names the stage and the state (``building the state `conn` failed: ...``).
+///
+/// ```
+/// use pipeline_core::prelude::*;
+/// use pipeline_core::{Pipeline, sink, source};
+///
+/// # #[derive(Debug)] pub struct Connection;
+/// # impl Connection {
+/// #     fn open(url: &str) -> std::io::Result<Connection> {
+/// #         Err(std::io::Error::other(format!("cannot reach {url}")))
+/// #     }
+/// #     fn write(&mut self, _: u64) {}
+/// # }
+/// #[stage]
+/// async fn store(n: u64, #[state] conn: &mut Connection) -> u64 {
+///     conn.write(n);
+///     n
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let (out, _) = sink::collect();
+/// let error = Pipeline::builder("load")
+///     .source(source::iter(0..3u64))
+///     .stage(Store::new(|| Connection::open("db:5432")))
+///     .sink(out)
+///     .run()
+///     .await
+///     .unwrap_err();
+/// assert_eq!(error.failure.stage, "store");
+/// assert!(error.failure.error.contains("cannot reach db:5432"));
+/// # });
+/// ```
 ///
 /// **Return type.** The shape of the stage follows from it:
 ///
@@ -101,13 +141,56 @@ mod valid;
 /// **Plain `fn`.** A non-`async` function is accepted for short CPU work and runs on the
 /// async worker that calls it. With `blocking` it runs on tokio's blocking pool instead
 /// (`spawn_blocking`), for long computations or blocking I/O; a panic there is a panic of
-/// the attempt, as for any stage.
+/// the attempt, as for any stage. Either way a call runs to completion once started, so
+/// `timeout` is rejected on a plain `fn`: it could never fire.
+///
+/// # Reading results out of a stage
+///
+/// A stage's outputs go downstream; an aggregate over the whole run (totals, counts, a
+/// summary) lives in **shared state** the caller keeps a handle to: give `new` an `Arc`,
+/// keep a clone, and read it after the run. Per-stage `&mut` state is the wrong place:
+/// it is rebuilt, and its contents lost, whenever the stage restarts.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use pipeline_core::prelude::*;
+/// use pipeline_core::{Pipeline, sink, source};
+///
+/// #[derive(Debug, Default)]
+/// pub struct Totals {
+///     count: u64,
+///     sum: u64,
+/// }
+///
+/// #[stage]
+/// fn tally(n: u64, #[state] totals: &Mutex<Totals>) -> u64 {
+///     let mut totals = totals.lock().unwrap();
+///     totals.count += 1;
+///     totals.sum += n;
+///     n
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let totals = Arc::new(Mutex::new(Totals::default()));
+/// let (out, _) = sink::collect();
+/// Pipeline::builder("sum")
+///     .source(source::iter(1..=4u64))
+///     .stage(Tally::new(Arc::clone(&totals)))
+///     .sink(out)
+///     .run()
+///     .await
+///     .unwrap();
+/// let totals = totals.lock().unwrap();
+/// assert_eq!((totals.count, totals.sum), (4, 10));
+/// # });
+/// ```
 ///
 /// # What is generated
 ///
 /// For `#[stage(timeout = "2s")] async fn enrich(order: Order, #[state] db: &Db) ->
 /// Result<Enriched, DbError>`, this (paths shortened; the real code names everything
-/// through `pipeline_core::__private`, and adds `where` clauses that check the types):
+/// through `pipeline_core::__private`, adds `where` clauses that check the types, and
+/// keeps shared state behind a pointer whose thread safety is checked once, in `new`):
 ///
 /// ```
 /// # use std::{sync::Arc, time::Duration};
@@ -152,7 +235,8 @@ mod valid;
 /// A fallible stage also gets `is_permanent`: an error of type
 /// `pipeline_core::policy::Fault<E>` says itself whether it is permanent (also behind a
 /// type alias), `retry(when = ..)` marks the errors it rejects, any other error is
-/// retryable. Per-stage state adds `restart`, which rebuilds it. A `Debug` impl is generated too (unit structs derive `Debug`, `Clone`, `Copy` and
+/// retryable. Per-stage state adds `on_start`, where a fallible factory builds the first
+/// state, and `restart`, which rebuilds it. A `Debug` impl is generated too (unit structs derive `Debug`, `Clone`, `Copy` and
 /// `Default`).
 ///
 /// # Options
@@ -173,7 +257,8 @@ mod valid;
 /// `concurrency` is the number of items in flight in this stage. `ordered` keeps input
 /// order at the output (it needs `concurrency` above 1; retries then stall the output
 /// head-of-line). `buffer` is the capacity of the input edge, in items. `timeout` bounds
-/// each attempt.
+/// each attempt of an `async fn` (a plain `fn` cannot be cancelled, so `timeout` is
+/// rejected there).
 ///
 /// ```
 /// # use std::time::Duration;
@@ -193,13 +278,16 @@ mod valid;
 /// assert_eq!(Fetch.options(), options);
 /// ```
 ///
-/// ## `retry(attempts, backoff, max_backoff, jitter, budget, when)`
+/// ## `retry(attempts, backoff, max_backoff, jitter, budget, budget_floor, when)`
 ///
 /// `attempts` (required) counts every attempt, the first included. The rest default as
 /// in `RetryOptions::new`: `backoff =
 /// "100ms"` (doubled for each retry), `max_backoff = "10s"`, `jitter` on (`jitter =
-/// false` turns it off), no `budget` (a share of recent first attempts that may be
-/// retried, from `0.0` to `1.0`). Every error is retryable unless `when = predicate`
+/// false` turns it off), no `budget`. A `budget` is the share of recent first attempts
+/// that may be retried, from `0.0` to `1.0`, shared by the stage's items, so a failing
+/// dependency cannot cause a retry storm; `budget_floor` (default 10, only with a
+/// `budget`) is the retries per second allowed whatever the share, so the odd failure is
+/// still retried when traffic is low. Every error is retryable unless `when = predicate`
 /// says otherwise: a function `fn(&E) -> bool` (or a closure) returning `true` for the
 /// errors worth retrying; the others are permanent, which also keeps them out of the
 /// breaker's failure count. A `Fault<E>` error (`pipeline_core::policy`) marks itself:
@@ -214,15 +302,19 @@ mod valid;
 ///     matches!(error, HttpError::Timeout)
 /// }
 ///
-/// #[stage(retry(attempts = 5, backoff = "200ms", max_backoff = "5s", budget = 0.2, when = is_transient))]
+/// #[stage(retry(attempts = 5, backoff = "200ms", max_backoff = "5s", budget = 0.2,
+///               budget_floor = 5, when = is_transient))]
 /// async fn fetch(url: String) -> Result<usize, HttpError> {
 ///     Ok(url.len())
 /// }
 ///
+/// // Without the macro: this value, in `Stage::options` or on the builder
+/// // (`.stage(Fetch).retry(retry)`).
 /// let mut retry = RetryOptions::new(5);
 /// retry.backoff = Duration::from_millis(200);
 /// retry.max_backoff = Duration::from_secs(5);
 /// retry.budget = Some(0.2);
+/// retry.budget_floor = 5;
 /// assert_eq!(Fetch.options().retry, Some(retry));
 ///
 /// // `when` is, without the macro, `Stage::is_permanent`:
@@ -261,9 +353,11 @@ mod valid;
 /// assert_eq!(Fetch.options().breaker, Some(breaker));
 /// ```
 ///
-/// ## `rate`, `on_error`
+/// ## `rate`, `rate(limit, burst)`, `on_error`
 ///
-/// `rate` limits calls per period. `on_error` decides what happens to an item whose
+/// `rate = "500/s"` limits calls per period, in bursts of up to the period's calls (500
+/// at once). `rate(limit = "500/s", burst = 50)` also bounds the burst: at most 50 calls
+/// at once, the rest spread over the period. `on_error` decides what happens to an item whose
 /// attempts are exhausted: `"dead_letter"` (default), `"drop"` (counted), or `"fail"`
 /// (the item fails and the pipeline shuts down).
 ///
@@ -276,15 +370,24 @@ mod valid;
 ///     user
 /// }
 ///
+/// #[stage(rate(limit = "500/s", burst = 50))]
+/// async fn page(user: u64) -> u64 {
+///     user
+/// }
+///
 /// assert_eq!(Notify.options().rate, Some(RateOptions::new(500, Duration::from_secs(1))));
 /// assert_eq!(Notify.options().on_error, Some(OnError::Drop));
+/// // Without the macro, on the builder: `.stage(Page).rate(rate)`.
+/// let rate = RateOptions::new(500, Duration::from_secs(1)).with_burst(50);
+/// assert_eq!(Page.options().rate, Some(rate));
 /// ```
 ///
 /// ## `restart(max, within, backoff)`
 ///
 /// Supervision of a stage with per-stage mutable state: after a panic the state is
 /// rebuilt from its factory, waiting `backoff` (default none) first; more than `max`
-/// restarts `within` the window stop the pipeline with an error naming the stage.
+/// restarts `within` the window stop the pipeline with an error naming the stage, and so
+/// does a factory that fails or panics while rebuilding.
 /// `restart` is only accepted on a stage with a `#[state] s: &mut S` argument: a panic in
 /// any other stage costs one attempt of one item and there is nothing to rebuild.
 ///
@@ -304,7 +407,8 @@ mod valid;
 /// ```
 ///
 /// Without the macro, `restart` is `Stage::restart`, which the generated code
-/// implements by rebuilding every per-stage state.
+/// implements by rebuilding every per-stage state and returning the first factory error;
+/// a fallible factory's first build is in `Stage::on_start`.
 ///
 /// ## `blocking`, `flatten`, `crate`
 ///
@@ -335,20 +439,24 @@ mod valid;
 /// | message starts with | cause and fix |
 /// |---|---|
 /// | ``unknown option `x` `` | a misspelled or unsupported option; the message lists the valid ones and suggests the closest |
-/// | ``unknown `retry` setting `x` `` | the same, inside `retry(..)`, `breaker(..)` or `restart(..)` |
+/// | ``unknown `retry` setting `x` `` | the same, inside `retry(..)`, `breaker(..)`, `rate(..)` or `restart(..)` |
 /// | ``` `budget` is a setting of `retry(...)` ``` | a setting written at the top level; move it inside the parentheses |
 /// | ``duplicate option `x` `` | an option given twice; keep one |
 /// | ``` `x` takes a value ``` / ``takes settings in parentheses`` / ``is a flag`` | the option's form is wrong (`timeout = "2s"`, `retry(attempts = 3)`, `ordered`) |
 /// | ``invalid duration`` | not a humantime duration; write a number and a unit, `"250ms"` |
 /// | ``` `M` in `"5M"` means months ``` / ``month units`` / ``year units`` | month and year units are rejected; write `m` for minutes, or days |
 /// | ``invalid rate`` | write `"500/s"`, `"60/m"`, `"3600/h"` or `"10/100ms"` |
+/// | ``` `rate` needs `limit` ``` | `rate(burst = N)` alone: add `limit = "500/s"` |
+/// | ``` `budget_floor` has no effect without `budget` ``` | add `budget = 0.2`, or remove `budget_floor` |
 /// | ``` `ordered` has no effect without `concurrency` above 1 ``` | add `concurrency = N` or remove `ordered` |
 /// | ``` `blocking` is for a plain `fn` ``` | remove `blocking` from the `async fn` |
 /// | ``` `timeout` cannot be used with `blocking` ``` | a blocking call cannot be cancelled; drop one of them |
+/// | ``` `timeout` has no effect on a plain `fn` ``` | a plain call cannot be cancelled: remove `timeout`, or make the function `async` |
 /// | ``` `restart` has no effect here ``` | the stage has no `&mut` state to rebuild |
 /// | ``a stage with mutable state ... runs one item at a time`` | remove `concurrency`, or share the state as `&S` with interior locking |
 /// | ``` `when` has no effect ``` | the function returns no `Result` |
 /// | ``` `retry` needs `attempts` ``` / ``` `restart` needs `max` and `within` ``` | add the required settings |
+/// | ``` `#[stage]` goes on a function with a body ``` | the attribute is on a `struct`, an `impl` or another item: put it on a function |
 /// | ``` `#[stage]` goes on a free function, not a method ``` | move the function out of the `impl`; pass `self`'s data as `#[state]` |
 /// | ``generic functions cannot be stages`` | write a non-generic function (it may call the generic one) |
 /// | ``a stage takes exactly one input`` | mark extra arguments `#[state]`, or take a struct or tuple |
@@ -357,8 +465,10 @@ mod valid;
 /// | ``a stage function returns its output`` | add a return type |
 /// | ``cannot see the error type of `io::Result<T>` `` | write `Result<T, io::Error>` in full |
 /// | ``` `BoxError` does not implement `std::error::Error` ``` (or `String`, `anyhow::Error`) | use a concrete error type (an enum deriving `thiserror::Error`, or `pipeline_core::error::Message`) |
+/// | ``a state factory returns `X`, which is not the state `S` `` / ``cannot build the state`` | give `new` a `Fn() -> S` or a `Fn() -> Result<S, E>` |
 /// | ``the trait `std::error::Error` is not implemented for `E` `` | the error type must implement `std::error::Error + Send + Sync + 'static` |
-/// | ``` `Rc<..>` cannot be sent between threads safely ``` (on an argument type) | the input or state is not thread-safe: `Arc`, `Mutex`, owned data |
+/// | ``` `Rc<..>` cannot be sent between threads safely ``` (on an argument type) | the input or `&mut` state is not thread-safe: `Arc`, `Mutex`, owned data |
+/// | ``the stage state `S` cannot be shared between threads`` | a `#[state] s: &S` that is not `Send + Sync`: `Mutex` instead of `RefCell`, atomics instead of `Cell`, `Arc` instead of `Rc` |
 /// | ``` `T` is not iterable, so a `flatten` stage cannot emit its items ``` | return a `Vec<T>` or another `IntoIterator`, or remove `flatten` |
 /// | ``future cannot be sent between threads safely`` (on the function's name) | a non-`Send` value is held across an `.await` in the body; the note shows which |
 ///

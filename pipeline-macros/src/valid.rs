@@ -1,13 +1,14 @@
-//! Phase 3: rules between the options and the signature. Each broken rule is reported on
-//! the option that breaks it, and that option is dropped, so the expansion that follows
-//! (see `fallback`) stays well-typed and the user sees only the real mistakes.
+//! Phase 3: rules about settings that are required or go together, and between the
+//! options and the signature. Each broken rule is reported on the option that breaks it,
+//! and that option is dropped, so the expansion that follows (see `fallback`) stays
+//! well-typed and the user sees only the real mistakes.
 
 use std::time::Duration;
 
 use syn::ItemFn;
 
 use crate::ast::StageFn;
-use crate::attr::Args;
+use crate::attr::{Args, Slot, list_of};
 use crate::ctxt::Ctxt;
 
 /// `RetryOptions::new`'s defaults, for messages about them.
@@ -16,6 +17,7 @@ const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Checks the rules that involve more than one option or the signature.
 pub(crate) fn check(args: &mut Args, func: &ItemFn, stage: Option<&StageFn>, cx: &Ctxt) {
+    required_settings(args, cx);
     let is_async = func.sig.asyncness.is_some();
 
     // `blocking` moves a plain fn off the async workers; an async fn is already on them.
@@ -31,18 +33,21 @@ pub(crate) fn check(args: &mut Args, func: &ItemFn, stage: Option<&StageFn>, cx:
         args.blocking.clear();
     }
 
-    // A call on the blocking pool cannot be cancelled: a timed-out attempt would keep
-    // running next to its own retry (DESIGN.md, "Decisions").
-    if Args::is_set(&args.blocking)
-        && let Some(timeout) = args.timeout.get()
-    {
-        cx.error(
-            timeout.key,
+    // A plain fn runs to completion once called: on the blocking pool (`blocking`) a
+    // timed-out attempt would keep running next to its own retry, and on an async worker
+    // the timer cannot even fire until the call returns (DESIGN.md, "Decisions").
+    if !is_async && let Some(timeout) = args.timeout.get() {
+        let message = if Args::is_set(&args.blocking) {
             "`timeout` cannot be used with `blocking`: a blocking call cannot be \
-                 cancelled, so a timed-out attempt would keep running beside its retry; \
-                 remove `timeout`, or make the function `async` and await something \
-                 cancellable",
-        );
+             cancelled, so a timed-out attempt would keep running beside its retry; \
+             remove `timeout`, or make the function `async` and await something \
+             cancellable"
+        } else {
+            "`timeout` has no effect on a plain `fn`: the call runs to completion once \
+             started and cannot be cancelled, so the timeout could never fire; remove \
+             `timeout`, or make the function `async` and await something cancellable"
+        };
+        cx.error(timeout.key, message);
         args.timeout.clear();
     }
 
@@ -89,6 +94,91 @@ pub(crate) fn check(args: &mut Args, func: &ItemFn, stage: Option<&StageFn>, cx:
             }
             _ => {}
         }
+    }
+}
+
+/// Settings a list option cannot do without. A list missing one is reported on its key
+/// and dropped; so is one whose required value was invalid (that was reported already).
+fn required_settings(args: &mut Args, cx: &Ctxt) {
+    require(
+        &mut args.retry,
+        cx,
+        &[("attempts", |r| r.attempts.presence())],
+        |missing| {
+            format!(
+                "`retry` needs {missing}, the number of attempts in all, the first included, \
+                 such as `retry(attempts = 3)`"
+            )
+        },
+    );
+    require(
+        &mut args.restart,
+        cx,
+        &[
+            ("max", |r| r.max.presence()),
+            ("within", |r| r.within.presence()),
+        ],
+        |missing| {
+            format!(
+                "`restart` needs {missing}: at most `max` restarts `within` a window, such as \
+                 `restart(max = 3, within = \"60s\")`"
+            )
+        },
+    );
+    require(
+        &mut args.rate,
+        cx,
+        &[("limit", |r| r.limit.presence())],
+        |missing| {
+            format!(
+                "`rate` needs {missing}, the calls allowed per period: write \
+                 `rate = \"500/s\"`, or `rate(limit = \"500/s\", burst = 50)` to also bound \
+                 the burst"
+            )
+        },
+    );
+
+    // The floor belongs to the budget.
+    if let Some(retry) = args.retry.value_mut() {
+        let retry = &mut retry.value;
+        if let Some(floor) = retry.budget_floor.get()
+            && !retry.budget.is_given()
+        {
+            cx.error(
+                floor.key,
+                "`budget_floor` has no effect without `budget`: the floor is the retries \
+                 per second a retry budget allows whatever its share; add `budget = 0.2`, or \
+                 remove `budget_floor`",
+            );
+            retry.budget_floor.clear();
+        }
+    }
+}
+
+/// A required setting of a list option: its name, and whether it was written and valid.
+type Required<T> = (&'static str, fn(&T) -> (bool, bool));
+
+/// Reports the required settings `list` lacks (`message` gets their names) and drops
+/// the list when any is missing or invalid.
+fn require<T>(
+    list: &mut Slot<T>,
+    cx: &Ctxt,
+    required: &[Required<T>],
+    message: impl FnOnce(String) -> String,
+) {
+    let Some(opt) = list.get() else {
+        return;
+    };
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|(_, presence)| !presence(&opt.value).0)
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    if !missing.is_empty() {
+        cx.error(opt.key, message(list_of(&missing, " and ")));
+    }
+    if required.iter().any(|(_, presence)| !presence(&opt.value).1) {
+        list.clear();
     }
 }
 

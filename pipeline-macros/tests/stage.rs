@@ -252,6 +252,49 @@ async fn mutable_state_is_rebuilt_on_restart() {
 }
 
 #[tokio::test]
+async fn a_fallible_state_factory_builds_at_the_start_and_its_errors_fail_start_and_restart() {
+    let builds = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&builds);
+    // Fails on the third build: the start and one restart succeed, the next restart fails.
+    let stage = Count::new(move || match counted.fetch_add(1, Ordering::SeqCst) {
+        0 | 1 => Ok(Counter::default()),
+        _ => Err(AppError::Invalid("no counter".into())),
+    });
+    assert_eq!(
+        builds.load(Ordering::SeqCst),
+        0,
+        "built at the start, not in `new`"
+    );
+    stage.on_start().await.unwrap();
+    assert_eq!(builds.load(Ordering::SeqCst), 1);
+    assert_eq!(stage.call("a".into(), &cx()).await, Ok((1, "a".into())));
+    stage.restart().unwrap();
+    assert_eq!(stage.call("b".into(), &cx()).await, Ok((1, "b".into())));
+    let error = stage.restart().unwrap_err().to_string();
+    assert!(
+        error.contains("`counter`") && error.contains("no counter"),
+        "{error}"
+    );
+    // A failed rebuild is kept: the factory is not called again.
+    assert!(stage.restart().is_err());
+    assert_eq!(builds.load(Ordering::SeqCst), 3);
+
+    // Without `on_start` (a stage called directly), the first call builds the state.
+    let stage = Count::new(|| Ok::<_, AppError>(Counter { seen: 41 }));
+    assert_eq!(stage.call("x".into(), &cx()).await, Ok((42, "x".into())));
+
+    // A factory that fails, or panics, fails the start with the state's name.
+    let stage = Count::new(|| Err::<Counter, _>(AppError::Transient));
+    let error = stage.on_start().await.unwrap_err().to_string();
+    assert_eq!(error, "building the state `counter` failed: try again");
+    let stage = Count::new(|| -> Result<Counter, AppError> { panic!("no counter today") });
+    let error = stage.on_start().await.unwrap_err().to_string();
+    assert!(error.contains("panicked: no counter today"), "{error}");
+    // An infallible factory built its state in `new`, so its start has nothing to do.
+    Count::default().on_start().await.unwrap();
+}
+
+#[tokio::test]
 async fn blocking_with_state_and_context() {
     let stage = Scale::new(Db { factor: 10 }, || 0);
     let cx = cx().with_attempt(2);
@@ -406,6 +449,46 @@ fn option_variants() {
     );
     assert_eq!(o.on_error, Some(OnError::Drop));
     assert_eq!(o.ordered, Some(false));
+}
+
+#[stage(
+    retry(attempts = 4, budget = 0.2, budget_floor = 5),
+    rate(limit = "500/s", burst = 50)
+)]
+async fn budgeted(n: u64) -> Result<u64, AppError> {
+    Ok(n)
+}
+
+#[stage(
+    retry(attempts = 2, budget = 0.5, budget_floor = 0),
+    rate(burst = 1, limit = "2/m")
+)]
+async fn floorless(n: u64) -> u64 {
+    n
+}
+
+#[test]
+fn retry_budget_floor_and_rate_burst() {
+    let o = Budgeted.options();
+    let mut retry = RetryOptions::new(4);
+    retry.budget = Some(0.2);
+    retry.budget_floor = 5;
+    assert_eq!(o.retry, Some(retry));
+    assert_eq!(
+        o.rate,
+        Some(RateOptions::new(500, Duration::from_secs(1)).with_burst(50))
+    );
+
+    let o = Floorless.options();
+    assert_eq!(o.retry.as_ref().map(|r| r.budget_floor), Some(0));
+    assert_eq!(
+        o.rate,
+        Some(RateOptions::new(2, Duration::from_secs(60)).with_burst(1))
+    );
+    // The short form sets no burst, and an unset floor keeps the default.
+    assert_eq!(Variants.options().rate.and_then(|r| r.burst), None);
+    assert_eq!(RetryOptions::new(1).budget_floor, 10);
+    assert_eq!(Defaults.options().retry.map(|r| r.budget_floor), Some(10));
 }
 
 #[stage(breaker, rate = "60/m", on_error = "fail", retry(attempts = 1))]

@@ -3,12 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pipeline_core::prelude::*;
-use pipeline_core::{Health, Outcome, testing};
+use pipeline_core::{Health, Outcome, Pipeline, sink, source, testing};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AppError {
@@ -307,4 +307,102 @@ async fn a_stage_that_borrows_its_input_is_retried_without_copies() {
     assert_eq!(run.delivered.len(), 100);
     assert_eq!(OWNED_CALLS.load(Ordering::SeqCst), 300);
     assert_eq!(CLONES.load(Ordering::SeqCst), 200);
+}
+
+/// A connection that can fail to open; `opens` counts attempts to open one.
+#[derive(Debug)]
+pub struct Connection {
+    id: u64,
+}
+
+#[derive(Debug)]
+pub struct Unreachable;
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("database unreachable")
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+#[stage(restart(max = 3, within = "1m"))]
+async fn store(n: u64, #[state] conn: &mut Connection) -> (u64, u64) {
+    assert!(n != 5, "injected panic on {n}");
+    (conn.id, n)
+}
+
+/// Runs 0..10 through `stage`, which must stop the pipeline; returns its error and what
+/// was delivered.
+async fn run_store(stage: Store) -> (pipeline_core::PipelineError, Vec<(u64, u64)>) {
+    let (out, delivered) = sink::collect();
+    let error = Pipeline::builder("etl")
+        .source(source::iter(0..10u64))
+        .stage(stage)
+        .sink(out)
+        .run()
+        .await
+        .expect_err("the pipeline stops");
+    (error, delivered.take())
+}
+
+/// The run stopped on a failure of `store` whose error says each of `words`, and every
+/// item it took in has an outcome.
+fn assert_stopped_by_store(error: &pipeline_core::PipelineError, words: &[&str]) {
+    assert_eq!(error.failure.stage, "store");
+    for word in words {
+        assert!(
+            error.failure.error.contains(word),
+            "{}",
+            error.failure.error
+        );
+    }
+    assert!(error.report.is_balanced(), "{}", error.report);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallible_state_factory_that_fails_fails_the_start_naming_the_stage() {
+    let opens = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&opens);
+    let stage = Store::new(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Err::<Connection, _>(Unreachable)
+    });
+    assert_eq!(
+        opens.load(Ordering::SeqCst),
+        0,
+        "a fallible factory runs at the start"
+    );
+    let (error, delivered) = run_store(stage).await;
+    assert_stopped_by_store(&error, &["on_start", "`conn`", "unreachable"]);
+    assert_eq!(delivered.len(), 0);
+    assert_eq!(opens.load(Ordering::SeqCst), 1);
+
+    // A panicking factory is a failed start too, not a crash.
+    let stage = Store::new(|| -> Result<Connection, Unreachable> { panic!("no driver") });
+    let (error, _) = run_store(stage).await;
+    assert_stopped_by_store(&error, &["panicked: no driver"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_factory_failing_on_restart_stops_the_pipeline_naming_the_stage() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info.to_string();
+        if !text.contains("injected panic") && !text.contains("unreachable") {
+            default_hook(info);
+        }
+    }));
+    // The first open succeeds; the reopen after the panic on 5 fails.
+    let opens = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&opens);
+    let stage = Store::new(move || match counted.fetch_add(1, Ordering::SeqCst) {
+        0 => Ok(Connection { id: 7 }),
+        _ => Err(Unreachable),
+    });
+    let (error, delivered) = run_store(stage).await;
+    assert_stopped_by_store(&error, &["restart failed", "`conn`", "unreachable"]);
+    assert_eq!(opens.load(Ordering::SeqCst), 2);
+    assert!(delivered.iter().all(|(id, _)| *id == 7), "{delivered:?}");
+    assert!(delivered.iter().any(|(_, n)| *n == 4), "{delivered:?}");
 }

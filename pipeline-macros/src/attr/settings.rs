@@ -1,9 +1,14 @@
-//! The settings inside `retry(...)`, `breaker(...)` and `restart(...)`.
+//! The settings inside `retry(...)`, `breaker(...)`, `rate(...)` and `restart(...)`.
+//!
+//! Each function is a table: one arm per setting, `name => e.value(slot, example,
+//! parser)` (or `e.flag(slot)`). The arms look alike on purpose; what differs is the
+//! slot, the example the messages show and the parser with its range.
 
 use syn::meta::ParseNestedMeta;
 
-use super::values::{choice, duration, flag, int, predicate, share, skip, unknown, value, window};
-use super::{BREAKER, Breaker, Level, MODES, Mode, Opt, RESTART, RETRY, Restart, Retry};
+use super::entry::Entry;
+use super::values::{choice, duration, int, predicate, rate, share, window};
+use super::{BREAKER, Breaker, Level, MODES, RATE, RESTART, RETRY, RateLimit, Restart, Retry};
 use crate::ctxt::Ctxt;
 
 pub(super) fn retry_setting(
@@ -11,51 +16,27 @@ pub(super) fn retry_setting(
     meta: &ParseNestedMeta<'_>,
     cx: &Ctxt,
 ) -> syn::Result<()> {
-    let Some(key) = meta.path.get_ident().cloned() else {
-        cx.error_spanned_by(&meta.path, unknown("`retry` setting", &meta.path, RETRY));
-        return skip(meta);
-    };
-    let level = Level::In("retry");
-    match key.to_string().as_str() {
-        "attempts" => {
-            let v = value(meta, cx, &key, "attempts = 3")?;
-            let v = v.and_then(|e| int::<u32>(cx, &key, e, 1));
-            retry
-                .attempts
-                .set(cx, &key, level, v.map(|o| o.keyed(&key)));
+    Entry::read(meta, cx, Level::In("retry"), RETRY, |e| {
+        let key = &e.key;
+        match e.name().as_str() {
+            "attempts" => e.value(&mut retry.attempts, "attempts = 3", |v| int(cx, key, v, 1)),
+            "backoff" => e.value(&mut retry.backoff, "backoff = \"100ms\"", |v| {
+                duration(cx, v, true)
+            }),
+            "max_backoff" => e.value(&mut retry.max_backoff, "max_backoff = \"10s\"", |v| {
+                duration(cx, v, false)
+            }),
+            "jitter" => e.flag(&mut retry.jitter),
+            "budget" => e.value(&mut retry.budget, "budget = 0.2", |v| {
+                share(cx, key, v, "a share of recent first attempts")
+            }),
+            "budget_floor" => e.value(&mut retry.budget_floor, "budget_floor = 10", |v| {
+                int(cx, key, v, 0)
+            }),
+            "when" => e.value(&mut retry.when, "when = is_transient", |v| predicate(cx, v)),
+            _ => e.unknown(),
         }
-        "backoff" => {
-            let v = value(meta, cx, &key, "backoff = \"100ms\"")?;
-            let v = v.and_then(|e| duration(cx, e, true));
-            retry.backoff.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        "max_backoff" => {
-            let v = value(meta, cx, &key, "max_backoff = \"10s\"")?;
-            let v = v.and_then(|e| duration(cx, e, false));
-            retry
-                .max_backoff
-                .set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        "jitter" => {
-            let v = flag(meta, cx, &key)?;
-            retry.jitter.set(cx, &key, level, v);
-        }
-        "budget" => {
-            let v = value(meta, cx, &key, "budget = 0.2")?;
-            let v = v.and_then(|e| share(cx, &key, e, "a share of recent first attempts"));
-            retry.budget.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        "when" => {
-            let v = value(meta, cx, &key, "when = is_transient")?;
-            let v = v.and_then(|e| predicate(cx, e));
-            retry.when.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        _ => {
-            cx.error(key.span(), unknown("`retry` setting", &key, RETRY));
-            return skip(meta);
-        }
-    }
-    Ok(())
+    })
 }
 
 pub(super) fn breaker_setting(
@@ -63,71 +44,45 @@ pub(super) fn breaker_setting(
     meta: &ParseNestedMeta<'_>,
     cx: &Ctxt,
 ) -> syn::Result<()> {
-    let Some(key) = meta.path.get_ident().cloned() else {
-        cx.error_spanned_by(
-            &meta.path,
-            unknown("`breaker` setting", &meta.path, BREAKER),
-        );
-        return skip(meta);
-    };
-    let level = Level::In("breaker");
-    match key.to_string().as_str() {
-        "failure_rate" => {
-            let v = value(meta, cx, &key, "failure_rate = 0.5")?;
-            let v = v.and_then(|e| share(cx, &key, e, "the share of failed calls"));
-            b.failure_rate
-                .set(cx, &key, level, v.map(|o| o.keyed(&key)));
+    Entry::read(meta, cx, Level::In("breaker"), BREAKER, |e| {
+        let key = &e.key;
+        match e.name().as_str() {
+            "failure_rate" => e.value(&mut b.failure_rate, "failure_rate = 0.5", |v| {
+                share(cx, key, v, "the share of failed calls")
+            }),
+            "slow_call_rate" => e.value(&mut b.slow_call_rate, "slow_call_rate = 0.8", |v| {
+                share(cx, key, v, "the share of slow calls")
+            }),
+            "slow_call" => e.value(&mut b.slow_call, "slow_call = \"1s\"", |v| {
+                duration(cx, v, false)
+            }),
+            "window" => e.value(&mut b.window, "window = 20", |v| window(cx, key, v)),
+            "min_calls" => e.value(&mut b.min_calls, "min_calls = 10", |v| int(cx, key, v, 1)),
+            "open_for" => e.value(&mut b.open_for, "open_for = \"30s\"", |v| {
+                duration(cx, v, false)
+            }),
+            "half_open" => e.value(&mut b.half_open, "half_open = 3", |v| int(cx, key, v, 1)),
+            "mode" => e.value(&mut b.mode, "mode = \"wait\"", |v| {
+                choice(cx, key, v, MODES)
+            }),
+            _ => e.unknown(),
         }
-        "slow_call_rate" => {
-            let v = value(meta, cx, &key, "slow_call_rate = 0.8")?;
-            let v = v.and_then(|e| share(cx, &key, e, "the share of slow calls"));
-            b.slow_call_rate
-                .set(cx, &key, level, v.map(|o| o.keyed(&key)));
+    })
+}
+
+pub(super) fn rate_setting(
+    r: &mut RateLimit,
+    meta: &ParseNestedMeta<'_>,
+    cx: &Ctxt,
+) -> syn::Result<()> {
+    Entry::read(meta, cx, Level::In("rate"), RATE, |e| {
+        let key = &e.key;
+        match e.name().as_str() {
+            "limit" => e.value(&mut r.limit, "limit = \"500/s\"", |v| rate(cx, v)),
+            "burst" => e.value(&mut r.burst, "burst = 50", |v| int(cx, key, v, 1)),
+            _ => e.unknown(),
         }
-        "slow_call" => {
-            let v = value(meta, cx, &key, "slow_call = \"1s\"")?;
-            let v = v.and_then(|e| duration(cx, e, false));
-            b.slow_call.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        "window" => {
-            let v = value(meta, cx, &key, "window = 20")?;
-            let v = v.and_then(|e| window(cx, &key, e));
-            b.window.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        "min_calls" => {
-            let v = value(meta, cx, &key, "min_calls = 10")?;
-            let v = v.and_then(|e| int::<u32>(cx, &key, e, 1));
-            b.min_calls.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        "open_for" => {
-            let v = value(meta, cx, &key, "open_for = \"30s\"")?;
-            let v = v.and_then(|e| duration(cx, e, false));
-            b.open_for.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        "half_open" => {
-            let v = value(meta, cx, &key, "half_open = 3")?;
-            let v = v.and_then(|e| int::<u32>(cx, &key, e, 1));
-            b.half_open.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        "mode" => {
-            let v = value(meta, cx, &key, "mode = \"wait\"")?;
-            let v = v.and_then(|e| choice(cx, &key, e, MODES)).map(|o| Opt {
-                key: key.span(),
-                span: o.span,
-                value: if o.value == 0 {
-                    Mode::Wait
-                } else {
-                    Mode::FailFast
-                },
-            });
-            b.mode.set(cx, &key, level, v);
-        }
-        _ => {
-            cx.error(key.span(), unknown("`breaker` setting", &key, BREAKER));
-            return skip(meta);
-        }
-    }
-    Ok(())
+    })
 }
 
 pub(super) fn restart_setting(
@@ -135,34 +90,17 @@ pub(super) fn restart_setting(
     meta: &ParseNestedMeta<'_>,
     cx: &Ctxt,
 ) -> syn::Result<()> {
-    let Some(key) = meta.path.get_ident().cloned() else {
-        cx.error_spanned_by(
-            &meta.path,
-            unknown("`restart` setting", &meta.path, RESTART),
-        );
-        return skip(meta);
-    };
-    let level = Level::In("restart");
-    match key.to_string().as_str() {
-        "max" => {
-            let v = value(meta, cx, &key, "max = 3")?;
-            let v = v.and_then(|e| int::<u32>(cx, &key, e, 0));
-            r.max.set(cx, &key, level, v.map(|o| o.keyed(&key)));
+    Entry::read(meta, cx, Level::In("restart"), RESTART, |e| {
+        let key = &e.key;
+        match e.name().as_str() {
+            "max" => e.value(&mut r.max, "max = 3", |v| int(cx, key, v, 0)),
+            "within" => e.value(&mut r.within, "within = \"60s\"", |v| {
+                duration(cx, v, false)
+            }),
+            "backoff" => e.value(&mut r.backoff, "backoff = \"1s\"", |v| {
+                duration(cx, v, true)
+            }),
+            _ => e.unknown(),
         }
-        "within" => {
-            let v = value(meta, cx, &key, "within = \"60s\"")?;
-            let v = v.and_then(|e| duration(cx, e, false));
-            r.within.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        "backoff" => {
-            let v = value(meta, cx, &key, "backoff = \"1s\"")?;
-            let v = v.and_then(|e| duration(cx, e, true));
-            r.backoff.set(cx, &key, level, v.map(|o| o.keyed(&key)));
-        }
-        _ => {
-            cx.error(key.span(), unknown("`restart` setting", &key, RESTART));
-            return skip(meta);
-        }
-    }
-    Ok(())
+    })
 }

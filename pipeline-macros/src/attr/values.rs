@@ -134,18 +134,42 @@ pub(super) fn ungroup(expr: Expr) -> Expr {
     }
 }
 
-pub(super) fn string(cx: &Ctxt, expr: Expr, what: &str) -> Option<Val<LitStr>> {
+/// The string literal `expr` is, or `None` once `expected` is reported on it.
+fn str_lit<'e>(cx: &Ctxt, expr: &'e Expr, expected: impl std::fmt::Display) -> Option<&'e LitStr> {
     if let Expr::Lit(syn::ExprLit {
         lit: Lit::Str(lit), ..
-    }) = &expr
+    }) = expr
     {
-        return Some(Val {
-            span: lit.span(),
-            value: lit.clone(),
-        });
+        return Some(lit);
     }
-    cx.error_spanned_by(&expr, format!("expected a string literal: {what}"));
+    cx.error_spanned_by(expr, expected);
     None
+}
+
+/// A string literal read by `parse`, whose error message is reported on the literal.
+fn parsed<T>(
+    cx: &Ctxt,
+    lit: &LitStr,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<Val<T>> {
+    match parse(&lit.value()) {
+        Ok(value) => Some(Val {
+            span: lit.span(),
+            value,
+        }),
+        Err(message) => {
+            cx.error(lit.span(), message);
+            None
+        }
+    }
+}
+
+pub(super) fn string(cx: &Ctxt, expr: Expr, what: &str) -> Option<Val<LitStr>> {
+    let lit = str_lit(cx, &expr, format!("expected a string literal: {what}"))?;
+    Some(Val {
+        span: lit.span(),
+        value: lit.clone(),
+    })
 }
 
 pub(super) fn int<T>(cx: &Ctxt, key: &Ident, expr: Expr, min: u64) -> Option<Val<T>>
@@ -213,24 +237,25 @@ pub(super) fn share(cx: &Ctxt, key: &Ident, expr: Expr, what: &str) -> Option<Va
     }
 }
 
-/// The index in `choices` of a string literal.
-pub(super) fn choice(cx: &Ctxt, key: &Ident, expr: Expr, choices: &[&str]) -> Option<Val<usize>> {
-    let expected = list_of(&quoted(choices), ", ");
-    let Expr::Lit(syn::ExprLit {
-        lit: Lit::Str(lit), ..
-    }) = &expr
-    else {
-        cx.error_spanned_by(
-            &expr,
-            format!("expected a string literal for `{key}`: one of {expected}"),
-        );
-        return None;
-    };
+/// The meaning of a string literal, looked up by name in `choices`.
+pub(super) fn choice<T: Copy>(
+    cx: &Ctxt,
+    key: &Ident,
+    expr: Expr,
+    choices: &[(&str, T)],
+) -> Option<Val<T>> {
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let expected = list_of(&quoted(&names), ", ");
+    let lit = str_lit(
+        cx,
+        &expr,
+        format!("expected a string literal for `{key}`: one of {expected}"),
+    )?;
     let text = lit.value();
-    if let Some(index) = choices.iter().position(|c| *c == text) {
+    if let Some((_, value)) = choices.iter().find(|(name, _)| *name == text) {
         return Some(Val {
             span: lit.span(),
-            value: index,
+            value: *value,
         });
     }
     cx.error(
@@ -241,30 +266,15 @@ pub(super) fn choice(cx: &Ctxt, key: &Ident, expr: Expr, choices: &[&str]) -> Op
 }
 
 pub(super) fn duration(cx: &Ctxt, expr: Expr, zero_ok: bool) -> Option<Val<Duration>> {
-    let Expr::Lit(syn::ExprLit {
-        lit: Lit::Str(lit), ..
-    }) = &expr
-    else {
-        cx.error_spanned_by(
-            &expr,
-            "expected a duration string such as `\"250ms\"`, `\"2s\"` or `\"1m 30s\"`",
-        );
-        return None;
-    };
-    match parse_duration(&lit.value()) {
-        Ok(d) if d.is_zero() && !zero_ok => {
-            cx.error(lit.span(), "this duration must be greater than zero");
-            None
-        }
-        Ok(d) => Some(Val {
-            span: lit.span(),
-            value: d,
-        }),
-        Err(message) => {
-            cx.error(lit.span(), message);
-            None
-        }
-    }
+    let lit = str_lit(
+        cx,
+        &expr,
+        "expected a duration string such as `\"250ms\"`, `\"2s\"` or `\"1m 30s\"`",
+    )?;
+    parsed(cx, lit, |text| match parse_duration(text) {
+        Ok(d) if d.is_zero() && !zero_ok => Err("this duration must be greater than zero".into()),
+        other => other,
+    })
 }
 
 /// A humantime duration, without month and year units (humantime reads `1M` as 30.44
@@ -299,31 +309,40 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     }
     humantime::parse_duration(text).map_err(|error| {
+        // humantime's own text for an unknown unit lists months and years, which are
+        // rejected above: say what is wrong in our words, with the units we accept.
+        let problem = match error {
+            humantime::DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+                format!("`{value}` has no unit")
+            }
+            humantime::DurationError::UnknownUnit { unit, .. } => {
+                format!("unknown unit `{unit}`")
+            }
+            humantime::DurationError::InvalidCharacter(at) => {
+                format!("unexpected character at byte {at}")
+            }
+            humantime::DurationError::NumberExpected(at) => {
+                format!("expected a number at byte {at}")
+            }
+            humantime::DurationError::NumberOverflow => {
+                "the number is too large, or finer than a nanosecond".to_owned()
+            }
+            humantime::DurationError::Empty => "it is empty".to_owned(),
+        };
         format!(
-            "invalid duration `\"{text}\"`: {error}; expected a number and a unit, such as \
-             `\"250ms\"`, `\"2s\"` or `\"1m 30s\"` (units: `ns`, `us`, `ms`, `s`, `m`, `h`, `d`, `w`)"
+            "invalid duration `\"{text}\"`: {problem}; expected a number and a unit, such as \
+             `\"250ms\"`, `\"2s\"` or `\"1m 30s\"` (units: {DURATION_UNITS})"
         )
     })
 }
 
+/// The units `parse_duration` accepts, for messages (humantime's less months and years).
+pub(crate) const DURATION_UNITS: &str = "`ns`, `us`, `ms`, `s` or `sec`, `m` or `min`, \
+                                          `h` or `hr`, `d` or `day`, `w` or `week`";
+
 pub(super) fn rate(cx: &Ctxt, expr: Expr) -> Option<Val<Rate>> {
-    let Expr::Lit(syn::ExprLit {
-        lit: Lit::Str(lit), ..
-    }) = &expr
-    else {
-        cx.error_spanned_by(&expr, "expected a rate string such as `\"500/s\"`");
-        return None;
-    };
-    match parse_rate(&lit.value()) {
-        Ok(value) => Some(Val {
-            span: lit.span(),
-            value,
-        }),
-        Err(message) => {
-            cx.error(lit.span(), message);
-            None
-        }
-    }
+    let lit = str_lit(cx, &expr, "expected a rate string such as `\"500/s\"`")?;
+    parsed(cx, lit, parse_rate)
 }
 
 /// `"N/s"`, `"N/m"`, `"N/h"`, or `"N/<duration>"` such as `"10/100ms"`.
@@ -453,7 +472,7 @@ pub(super) fn quoted_code(choices: &[&str]) -> Vec<String> {
     choices.iter().map(|c| format!("`{c}`")).collect()
 }
 
-pub(super) fn list_of<S: AsRef<str>>(items: &[S], sep: &str) -> String {
+pub(crate) fn list_of<S: AsRef<str>>(items: &[S], sep: &str) -> String {
     items
         .iter()
         .map(AsRef::as_ref)

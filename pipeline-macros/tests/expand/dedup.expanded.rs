@@ -6,16 +6,13 @@ pub struct Dedup {
     seen: ::pipeline_core::__private::StateCell<HashSet<u64>>,
 }
 impl Dedup {
-    /// Builds the stage: `seen` builds the per-stage state, and builds it again when the stage restarts after a panic.
+    /// Builds the stage: `seen` builds the per-stage state (a `Fn() -> S`, or a `Fn() -> Result<S, E>` whose error fails the start), and builds it again when the stage restarts after a panic.
     #[must_use]
     pub fn new(
-        seen: impl ::pipeline_core::__private::Fn(
-        ) -> HashSet<
-                u64,
-            > + ::pipeline_core::__private::Send + ::pipeline_core::__private::Sync + 'static,
+        seen: impl ::pipeline_core::__private::StateFactory<HashSet<u64>>,
     ) -> Self {
         Dedup {
-            seen: ::pipeline_core::__private::StateCell::new(seen),
+            seen: ::pipeline_core::__private::StateCell::new("seen", seen),
         }
     }
 }
@@ -53,20 +50,33 @@ where
         Output = ::pipeline_core::__private::Result<Self::Output, Self::Error>,
     > + ::pipeline_core::__private::Send {
         async move {
-            let mut state_seen = self.seen.lock().await;
+            let mut state_1 = self.seen.lock().await;
             ::pipeline_core::__private::Ok(
                 ::pipeline_core::__private::run_blocking(move || dedup(
                         item,
-                        &mut state_seen,
+                        &mut state_1,
                     ))
                     .await,
             )
         }
     }
+    fn on_start(
+        &self,
+    ) -> impl ::pipeline_core::__private::Future<
+        Output = ::pipeline_core::__private::Result<
+            (),
+            ::pipeline_core::__private::BoxError,
+        >,
+    > + ::pipeline_core::__private::Send {
+        async move {
+            self.seen.start()?;
+            ::pipeline_core::__private::Ok(())
+        }
+    }
     fn restart(
         &self,
     ) -> ::pipeline_core::__private::Result<(), ::pipeline_core::__private::BoxError> {
-        self.seen.rebuild();
+        self.seen.rebuild()?;
         ::pipeline_core::__private::Ok(())
     }
     fn options(&self) -> ::pipeline_core::__private::StageOptions {

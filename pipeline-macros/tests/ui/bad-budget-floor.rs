@@ -1,0 +1,8 @@
+use pipeline_core::prelude::*;
+
+#[stage(retry(attempts = 3, budget = 0.2, budget_floor = "5"))]
+async fn fetch(url: String) -> usize {
+    url.len()
+}
+
+fn main() {}
