@@ -9,3 +9,15 @@
 //! | `redis` | `redis` | Redis Streams: a consumer-group source (at-least-once) and an `XADD` sink |
 //! | `nats` | `nats` | NATS JetStream: a durable pull-consumer source (at-least-once) and a publishing sink |
 #![forbid(unsafe_code)]
+
+#[cfg(any(feature = "csv", feature = "jsonl"))]
+mod feed;
+#[cfg(any(feature = "csv", feature = "jsonl"))]
+mod lines;
+#[cfg(any(feature = "csv", feature = "jsonl"))]
+pub mod record;
+
+#[cfg(feature = "csv")]
+pub mod csv;
+#[cfg(feature = "jsonl")]
+pub mod jsonl;
