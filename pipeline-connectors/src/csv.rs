@@ -68,7 +68,8 @@
 //! ```
 //!
 //! Untyped rows: deserialize into `Vec<String>` (fields in order) or
-//! `HashMap<String, String>` (by header).
+//! `HashMap<String, String>` (by header). Missing values spelled `NA` (as in R's exports,
+//! the nycflights13 data among them): see [`na`].
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -277,7 +278,10 @@ impl<T: DeserializeOwned + Send + 'static> Source for CsvSource<T> {
 /// A framed record: the fields, or why there are none.
 enum Framed {
     /// The fields are in `out` / `ends`.
-    Fields { line: u64, first: Vec<u8> },
+    Fields {
+        line: u64,
+        first: Vec<u8>,
+    },
     Bad(RowError),
 }
 
@@ -320,11 +324,9 @@ impl<T> CsvDecoder<T> {
     /// Feeds one line into the parser; `true` when a record is complete.
     fn feed(&mut self, mut input: &[u8], at: &mut Parsed) -> bool {
         loop {
-            let (res, nin, nout, nend) = self.core.read_record(
-                input,
-                &mut self.out[at.out..],
-                &mut self.ends[at.ends..],
-            );
+            let (res, nin, nout, nend) =
+                self.core
+                    .read_record(input, &mut self.out[at.out..], &mut self.ends[at.ends..]);
             input = &input[nin..];
             at.out += nout;
             at.ends += nend;
@@ -355,7 +357,10 @@ impl<T> CsvDecoder<T> {
                         .error(
                             no,
                             RowErrorKind::TooLong,
-                            format!("line of {len} bytes is longer than the limit of {} bytes", self.max),
+                            format!(
+                                "line of {len} bytes is longer than the limit of {} bytes",
+                                self.max
+                            ),
                         )
                         .with_snippet(&head);
                     return Ok(Some((Framed::Bad(err), Parsed { out: 0, ends: 0 })));
@@ -368,14 +373,22 @@ impl<T> CsvDecoder<T> {
             self.core.reset();
             let mut at = Parsed { out: 0, ends: 0 };
             if self.feed(&bytes, &mut at) {
-                return Ok(Some((Framed::Fields { line: no, first: bytes }, at)));
+                return Ok(Some((
+                    Framed::Fields {
+                        line: no,
+                        first: bytes,
+                    },
+                    at,
+                )));
             }
             // An open quote: the record continues on the next lines, up to the bound.
             let mut taken: Vec<Line> = Vec::new();
             let mut total = bytes.len();
             let broken = loop {
                 let Some(next) = self.next_line()? else {
-                    break Some("a quoted field is not closed before the end of the file".to_string());
+                    break Some(
+                        "a quoted field is not closed before the end of the file".to_string(),
+                    );
                 };
                 let more = match &next {
                     Line::Text { bytes, .. } if total + bytes.len() <= self.max => bytes.clone(),
@@ -414,7 +427,13 @@ impl<T> CsvDecoder<T> {
                     .with_snippet(&bytes);
                 return Ok(Some((Framed::Bad(err), Parsed { out: 0, ends: 0 })));
             }
-            return Ok(Some((Framed::Fields { line: no, first: bytes }, at)));
+            return Ok(Some((
+                Framed::Fields {
+                    line: no,
+                    first: bytes,
+                },
+                at,
+            )));
         }
     }
 
@@ -454,26 +473,30 @@ impl<T> CsvDecoder<T> {
 
 impl<T: DeserializeOwned + Send + 'static> CsvDecoder<T> {
     fn row(&mut self, line: u64, first: &[u8], at: &Parsed) -> Result<T, RowError> {
-        let record = self
-            .record(line, at)
-            .map_err(|e| e.with_snippet(first))?;
-        if let Some(want) = self.expected {
-            if !self.flexible && record.len() != want {
-                return Err(self
-                    .error(
-                        line,
-                        RowErrorKind::FieldCount,
-                        format!("expected {want} fields, found {}", record.len()),
-                    )
-                    .with_snippet(first));
-            }
+        let record = self.record(line, at).map_err(|e| e.with_snippet(first))?;
+        if let Some(want) = self.expected
+            && !self.flexible
+            && record.len() != want
+        {
+            return Err(self
+                .error(
+                    line,
+                    RowErrorKind::FieldCount,
+                    format!("expected {want} fields, found {}", record.len()),
+                )
+                .with_snippet(first));
         }
         record.deserialize(self.headers.as_ref()).map_err(|e| {
             let message = match e.kind() {
                 ::csv::ErrorKind::Deserialize { err, .. } => match err.field() {
                     Some(i) => {
                         let i = usize::try_from(i).unwrap_or(usize::MAX);
-                        format!("field {}{}: {}", i.saturating_add(1), self.header_name(i), err.kind())
+                        format!(
+                            "field {}{}: {}",
+                            i.saturating_add(1),
+                            self.header_name(i),
+                            err.kind()
+                        )
                     }
                     None => err.kind().to_string(),
                 },
@@ -532,4 +555,46 @@ impl<T: DeserializeOwned + Send + 'static> Produce for CsvDecoder<T> {
             }
         }))
     }
+}
+
+/// A serde `deserialize_with` helper for optional values spelled `NA` or left empty, as R
+/// and many statistics exports write them: `""` and `"NA"` become `None`, anything else is
+/// parsed with `FromStr`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use pipeline_connectors::csv::CsvOptions;
+/// use pipeline_core::source::Source;
+///
+/// #[derive(Debug, Clone, serde::Deserialize)]
+/// struct Flight {
+///     #[serde(deserialize_with = "pipeline_connectors::csv::na")]
+///     dep_time: Option<u32>,
+/// }
+///
+/// let text = "dep_time\n517\nNA\n\"\"\n";
+/// let mut source = CsvOptions::new().open_reader::<Flight>("f.csv", std::io::Cursor::new(text));
+/// let rows = source.pull(10).await.unwrap().unwrap().items;
+/// let times: Vec<_> = rows.into_iter().map(|r| r.value.unwrap().dep_time).collect();
+/// assert_eq!(times, vec![Some(517), None, None]);
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// The deserializer's error when the text does not parse as `T`.
+pub fn na<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+    let text = text.trim();
+    if text.is_empty() || text == "NA" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|e| <D::Error as serde::de::Error>::custom(format!("`{text}`: {e}")))
 }

@@ -103,10 +103,10 @@ impl<P: Produce> Feed<P> {
             return Ok(None);
         };
         let max = max.max(1);
-        if buf.is_empty() {
-            if let Some(e) = failed.take() {
-                return Err(e);
-            }
+        if buf.is_empty()
+            && let Some(e) = failed.take()
+        {
+            return Err(e);
         }
         if buf.is_empty() && !*done {
             match rx.recv().await {

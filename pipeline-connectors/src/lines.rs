@@ -134,7 +134,9 @@ mod tests {
         let lines = all(b"ab\r\ncdefghij\nk", 5);
         assert_eq!(lines.len(), 3);
         assert!(matches!(&lines[0], Line::Text { no: 1, bytes } if bytes == b"ab\n"));
-        assert!(matches!(&lines[1], Line::TooLong { no: 2, len: 9, head } if head == b"cdefghij\n"));
+        assert!(
+            matches!(&lines[1], Line::TooLong { no: 2, len: 9, head } if head == b"cdefghij\n")
+        );
         assert!(matches!(&lines[2], Line::Text { no: 3, bytes } if bytes == b"k\n"));
         assert!(all(b"", 5).is_empty());
     }

@@ -209,7 +209,11 @@ impl<T: Send + 'static> Stage for Parsed<T> {
     type Shape = Map;
     type Error = RowError;
 
-    fn call(&self, item: Record<T>, _cx: &Context) -> impl Future<Output = Result<T, RowError>> + Send {
+    fn call(
+        &self,
+        item: Record<T>,
+        _cx: &Context,
+    ) -> impl Future<Output = Result<T, RowError>> + Send {
         std::future::ready(item.value)
     }
 
