@@ -21,3 +21,9 @@ pub mod record;
 pub mod csv;
 #[cfg(feature = "jsonl")]
 pub mod jsonl;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod table;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
