@@ -25,5 +25,7 @@ pub mod jsonl;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod table;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
