@@ -63,7 +63,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pipeline_core::error::Message;
+use pipeline_core::error::{Message, chain};
 use pipeline_core::sink::{Sink, WriteError};
 use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls, Statement};
@@ -82,24 +82,22 @@ pub enum PostgresError {
     #[error("postgres sink: {0}")]
     Table(#[from] TableError),
     /// The server could not be reached or refused the login.
-    #[error("postgres sink: cannot connect to {target}: {source}")]
+    #[error("postgres sink: cannot connect to {target}: {}", chain(error))]
     Connect {
         /// The server, without credentials.
         target: String,
-        /// tokio-postgres's error.
-        #[source]
-        source: tokio_postgres::Error,
+        /// tokio-postgres's error (its causes are in the message).
+        error: tokio_postgres::Error,
     },
     /// The table could not be created or the upsert prepared.
-    #[error("postgres sink: {target}: cannot {what}: {source}")]
+    #[error("postgres sink: {target}: cannot {what}: {}", chain(error))]
     Setup {
         /// The server, without credentials.
         target: String,
         /// What failed.
         what: String,
-        /// tokio-postgres's error.
-        #[source]
-        source: tokio_postgres::Error,
+        /// tokio-postgres's error (its causes are in the message).
+        error: tokio_postgres::Error,
     },
 }
 
@@ -128,7 +126,7 @@ impl PostgresOptions {
     ///
     /// [`PostgresError::Config`] if `url` does not parse (the message does not repeat it).
     pub fn new(url: &str, table: Table) -> Result<Self, PostgresError> {
-        let mut config = Config::from_str(url).map_err(|e| PostgresError::Config(e.to_string()))?;
+        let mut config = Config::from_str(url).map_err(|e| PostgresError::Config(chain(&e)))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -261,9 +259,9 @@ impl Server {
             self.config
                 .connect(NoTls)
                 .await
-                .map_err(|source| PostgresError::Connect {
+                .map_err(|error| PostgresError::Connect {
                     target: self.target.clone(),
-                    source,
+                    error,
                 })?;
         let target = self.target.clone();
         tokio::spawn(async move {
@@ -271,10 +269,10 @@ impl Server {
                 tracing::warn!(server = %target, %error, "postgres sink: connection lost");
             }
         });
-        let setup = |what: String, source| PostgresError::Setup {
+        let setup = |what: String, error| PostgresError::Setup {
             target: self.target.clone(),
             what,
-            source,
+            error,
         };
         if create && self.table.creates() {
             client
@@ -389,7 +387,7 @@ async fn write_batch(
     if good.is_empty() {
         return Ok(());
     }
-    let batch = |e: tokio_postgres::Error| BatchError::Batch(e.to_string());
+    let batch = |e: tokio_postgres::Error| BatchError::Batch(chain(&e));
     let tx = conn.client.transaction().await.map_err(batch)?;
     let args: Vec<Vec<&(dyn ToSql + Sync)>> = good.iter().map(|&p| params(&rows[p])).collect();
     let upsert = &conn.upsert;
@@ -416,30 +414,27 @@ async fn write_one_by_one(
     good: &[usize],
     table: &Table,
 ) -> Result<Vec<(usize, String)>, String> {
-    let mut tx = conn.client.transaction().await.map_err(|e| e.to_string())?;
+    let mut tx = conn.client.transaction().await.map_err(|e| chain(&e))?;
     let mut failed = Vec::new();
     for &pos in good {
         let row = &rows[pos];
-        let savepoint = tx
-            .savepoint("pipeline_row")
-            .await
-            .map_err(|e| e.to_string())?;
+        let savepoint = tx.savepoint("pipeline_row").await.map_err(|e| chain(&e))?;
         match savepoint.execute(&conn.upsert, &params(row)).await {
-            Ok(_) => savepoint.commit().await.map_err(|e| e.to_string())?,
+            Ok(_) => savepoint.commit().await.map_err(|e| chain(&e))?,
             Err(e) if is_row_error(&e) => {
-                savepoint.rollback().await.map_err(|e| e.to_string())?;
+                savepoint.rollback().await.map_err(|e| chain(&e))?;
                 let why = e
                     .as_db_error()
-                    .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                    .map_or_else(|| chain(&e), |d| d.message().to_owned());
                 failed.push((
                     pos,
                     format!("row {pos} ({}): {why}", table.describe_key(row)),
                 ));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(chain(&e)),
         }
     }
-    tx.commit().await.map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| chain(&e))?;
     Ok(failed)
 }
 
