@@ -29,6 +29,7 @@ pub(crate) enum Line {
 
 impl Line {
     /// The line number.
+    #[cfg_attr(not(feature = "csv"), allow(dead_code))]
     pub(crate) fn no(&self) -> u64 {
         match self {
             Line::Text { no, .. } | Line::TooLong { no, .. } => *no,

@@ -249,3 +249,38 @@ async fn setup_errors_are_clear() {
     let err = SqliteSink::<Tally>::open(&path, tally_table()).unwrap_err();
     assert!(err.to_string().contains("prepare the upsert"), "{err}");
 }
+
+/// The whole nycflights13 `flights.csv` (336,776 rows) into SQLite: a throughput check
+/// for the ETL example. Opt-in: `FLIGHTS_CSV=/path/to/flights.csv cargo test -p
+/// pipeline-connectors --features csv,sqlite --test sqlite -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs FLIGHTS_CSV (the unzipped nycflights13 flights.csv)"]
+async fn full_flights_load() {
+    let csv = std::env::var("FLIGHTS_CSV").expect("FLIGHTS_CSV names the unzipped flights.csv");
+    let dir = scratch("full");
+    let db = dir.join("flights.db");
+    let sink = SqliteOptions::new(&db, flights_table())
+        .journal(Journal::Wal)
+        .synchronous(Synchronous::Normal)
+        .open::<Flight>()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let report = Pipeline::builder("load")
+        .source(CsvSource::<Flight>::open(csv).unwrap())
+        .stage(parsed())
+        .sink(sink)
+        .run()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(report.is_balanced());
+    assert_eq!(report.emitted, 336_776);
+    let rows = count(&db, "SELECT count(*) FROM flights");
+    println!(
+        "{} rows emitted, {} delivered, {} dead-lettered, {rows} stored, in {took:?} ({:.0} rows/s)",
+        report.emitted,
+        report.delivered,
+        report.dead_lettered,
+        report.emitted as f64 / took.as_secs_f64()
+    );
+}
