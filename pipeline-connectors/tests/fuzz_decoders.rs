@@ -1,0 +1,138 @@
+//! Property tests ("fuzzing") of the CSV and JSON lines decoders: arbitrary bytes never
+//! panic and always end; every line gets exactly one item, or is blank, or belongs to a
+//! record that started on an earlier line.
+#![cfg(all(feature = "csv", feature = "jsonl"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use pipeline_connectors::csv::CsvOptions;
+use pipeline_connectors::jsonl::JsonlOptions;
+use pipeline_connectors::record::Record;
+use pipeline_core::source::Source;
+use proptest::prelude::*;
+
+/// Pulls everything; `Err`s (a header that cannot be read) are counted, not fatal.
+fn drain<S: Source<Item = Record<T>>, T>(mut source: S) -> (Vec<Record<T>>, usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut items = Vec::new();
+        let mut errors = 0;
+        loop {
+            match source.pull(7).await {
+                Ok(Some(pulled)) => items.extend(pulled.items),
+                Ok(None) => break,
+                Err(_) => {
+                    errors += 1;
+                    assert!(errors < 3, "a failed source must end");
+                }
+            }
+        }
+        (items, errors)
+    })
+}
+
+/// The physical lines as the decoders see them (`\n`-separated, a last line without one
+/// included), and whether each is blank.
+fn lines(input: &[u8], blank: impl Fn(&[u8]) -> bool) -> Vec<bool> {
+    let mut out: Vec<bool> = input.split(|&b| b == b'\n').map(&blank).collect();
+    if input.is_empty() || input.ends_with(b"\n") {
+        out.pop();
+    }
+    out
+}
+
+fn csv_blank(line: &[u8]) -> bool {
+    line.is_empty() || line == b"\r"
+}
+
+fn json_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn csv_arbitrary_bytes_never_panic(
+        input in proptest::collection::vec(
+            prop_oneof![Just(b'"'), Just(b','), Just(b'\n'), Just(b'\r'), Just(0xff), Just(b'a'), any::<u8>()],
+            0..400,
+        ),
+        max in 8usize..64,
+    ) {
+        let source = CsvOptions::new()
+            .max_record_bytes(max)
+            .open_reader::<Vec<String>>("fuzz.csv", std::io::Cursor::new(input.clone()));
+        let (items, errors) = drain(source);
+        let total = lines(&input, csv_blank).len() as u64;
+        prop_assert!(errors <= 1);
+        let mut last = 0;
+        for item in &items {
+            prop_assert!(item.line > last, "lines increase: {} after {}", item.line, last);
+            prop_assert!(item.line <= total);
+            if let Err(e) = &item.value {
+                prop_assert_eq!(e.line(), item.line);
+                let prefix = format!("fuzz.csv:{}: ", item.line);
+                prop_assert!(e.to_string().starts_with(&prefix), "{} / {}", e, prefix);
+            }
+            last = item.line;
+        }
+    }
+
+    #[test]
+    fn csv_without_quotes_gives_one_item_per_line(
+        input in proptest::collection::vec(
+            prop_oneof![Just(b','), Just(b'\n'), Just(b'\r'), Just(0xff), Just(b'a'), Just(b' ')],
+            0..400,
+        ),
+    ) {
+        let source = CsvOptions::new()
+            .has_headers(false)
+            .max_record_bytes(32)
+            .open_reader::<Vec<String>>("plain.csv", std::io::Cursor::new(input.clone()));
+        let (items, errors) = drain(source);
+        prop_assert_eq!(errors, 0);
+        let want: Vec<u64> = lines(&input, csv_blank)
+            .iter()
+            .enumerate()
+            .filter(|(_, blank)| !**blank)
+            .map(|(i, _)| i as u64 + 1)
+            .collect();
+        let got: Vec<u64> = items.iter().map(|r| r.line).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn jsonl_gives_one_item_per_non_blank_line(
+        input in proptest::collection::vec(
+            prop_oneof![
+                Just(b'{'), Just(b'}'), Just(b'"'), Just(b':'), Just(b'1'), Just(b'\n'),
+                Just(b' '), Just(0xff), any::<u8>()
+            ],
+            0..400,
+        ),
+        max in 4usize..64,
+    ) {
+        let source = JsonlOptions::new()
+            .max_line_bytes(max)
+            .open_reader::<serde_json::Value>("fuzz.jsonl", std::io::Cursor::new(input.clone()));
+        let (items, errors) = drain(source);
+        prop_assert_eq!(errors, 0);
+        // An over-long line (its `\n` counted) is an item whatever its content.
+        let count = lines(&input, json_blank).len();
+        let want: Vec<u64> = input
+            .split(|&b| b == b'\n')
+            .take(count)
+            .enumerate()
+            .filter(|(i, line)| {
+                let newline = usize::from(i + 1 < count || input.ends_with(b"\n"));
+                line.len() + newline > max || !json_blank(line)
+            })
+            .map(|(i, _)| i as u64 + 1)
+            .collect();
+        let got: Vec<u64> = items.iter().map(|r| r.line).collect();
+        prop_assert_eq!(got, want);
+    }
+}
