@@ -58,6 +58,12 @@ impl<R: BufRead> LineReader<R> {
         }
     }
 
+    /// The bound on a line, in bytes.
+    #[cfg_attr(not(feature = "csv"), allow(dead_code))]
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
     /// The next line, or `None` at the end of the input.
     ///
     /// # Errors
