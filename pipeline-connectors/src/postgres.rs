@@ -18,8 +18,18 @@
 //! whole batch, with nothing of it committed.
 //!
 //! **Connections.** The sink connects when built ([`PostgresOptions::connect`]), so a wrong
-//! address fails at once, with an error naming the server (never the password). A broken
-//! connection fails the batch being written; the next write connects again.
+//! address fails at once, with an error naming the server (never the password). A
+//! connection found closed before a write is replaced first; one that breaks during a
+//! write fails that batch (nothing of it committed, every item reported), and the next
+//! write connects again. Give the sink a retry policy to ride out an outage instead of
+//! dead-lettering.
+//!
+//! # Cancel safety
+//!
+//! A write dropped before it finished (a shutdown past its deadline) leaves its
+//! transaction uncommitted, and tokio-postgres rolls it back: nothing of that batch is
+//! stored unless the commit was already sent. Either way the upsert makes a later replay
+//! of the batch harmless.
 //!
 //! # Examples
 //!
@@ -310,6 +320,10 @@ where
             return Ok(());
         }
         let rows: Vec<Vec<Value>> = items.iter().map(&self.map).collect();
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            // Known lost (the server closed it while idle): connect again before writing.
+            self.conn = None;
+        }
         if self.conn.is_none() {
             match self.server.open(false).await {
                 Ok(conn) => self.conn = Some(conn),

@@ -14,6 +14,12 @@
 //! turned into rows on the caller's side ([`ToRow`] or a closure), so the items stay with
 //! the pipeline.
 //!
+//! # Cancel safety
+//!
+//! A write dropped before it finished (a shutdown past its deadline) may still commit on
+//! the database thread: its items then count as not delivered, and a replay of the batch
+//! is absorbed by the upsert.
+//!
 //! For bulk loads, [`Journal::Wal`] with [`Synchronous::Normal`] makes a commit cheap (a
 //! commit is then durable against a crash of the program, not of the machine); the
 //! defaults are SQLite's own (rollback journal, `FULL`).
