@@ -3,18 +3,18 @@
 //!
 //! The file is read by a dedicated thread, a chunk of rows at a time, into a bounded
 //! channel: never whole, never on an async worker. Each row is a [`Record<T>`]: its line
-//! and either the deserialized `T` or a [`RowError`] naming the file and line. Follow the
+//! and either the deserialized `T` or a [`RowError`](crate::record::RowError) naming the file and line. Follow the
 //! source with [`parsed`](crate::record::parsed) and bad rows are dead-lettered with their
 //! line, while the good ones flow on:
 //!
 //! | the row | what you get |
 //! |---|---|
 //! | a good row | `Ok(T)` |
-//! | a bad value (`"x"` for a number), a missing field | [`RowErrorKind::Parse`] |
-//! | more or fewer fields than the header | [`RowErrorKind::FieldCount`] (unless [`flexible`](CsvOptions::flexible)) |
-//! | invalid UTF-8 | [`RowErrorKind::InvalidUtf8`] |
-//! | a line longer than [`max_record_bytes`](CsvOptions::max_record_bytes) | [`RowErrorKind::TooLong`], skipped without being held in memory |
-//! | a quote never closed | [`RowErrorKind::BrokenQuoting`]: one dead letter, reading resumes on the next line |
+//! | a bad value (`"x"` for a number), a missing field | [`RowErrorKind::Parse`](crate::record::RowErrorKind::Parse) |
+//! | more or fewer fields than the header | [`RowErrorKind::FieldCount`](crate::record::RowErrorKind::FieldCount) (unless [`flexible`](CsvOptions::flexible)) |
+//! | invalid UTF-8 | [`RowErrorKind::InvalidUtf8`](crate::record::RowErrorKind::InvalidUtf8) |
+//! | a line longer than [`max_record_bytes`](CsvOptions::max_record_bytes) | [`RowErrorKind::TooLong`](crate::record::RowErrorKind::TooLong), skipped without being held in memory |
+//! | a quote never closed | [`RowErrorKind::BrokenQuoting`](crate::record::RowErrorKind::BrokenQuoting): one dead letter, reading resumes on the next line |
 //! | a truncated last row | whichever of the above it is |
 //! | an empty file, a header-only file | no rows |
 //!
@@ -156,7 +156,7 @@ impl CsvOptions {
     }
 
     /// Whether rows may have a different number of fields than the header (default
-    /// `false`: such a row fails with [`RowErrorKind::FieldCount`]). Strictness matters:
+    /// `false`: such a row fails with [`RowErrorKind::FieldCount`](crate::record::RowErrorKind::FieldCount)). Strictness matters:
     /// serde fills a missing `Option` field with `None`, so a short row would otherwise
     /// pass silently.
     #[must_use]
@@ -166,7 +166,7 @@ impl CsvOptions {
     }
 
     /// The longest record, in bytes (default 1 MiB). A longer line fails with
-    /// [`RowErrorKind::TooLong`] without being held in memory; a quoted field still open
+    /// [`RowErrorKind::TooLong`](crate::record::RowErrorKind::TooLong) without being held in memory; a quoted field still open
     /// after this many bytes is broken quoting.
     #[must_use]
     pub fn max_record_bytes(mut self, bytes: usize) -> Self {

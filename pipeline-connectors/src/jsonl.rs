@@ -2,7 +2,7 @@
 //! async workers, each line a [`Record`] with its line number; malformed lines become
 //! failing items.
 //!
-//! Works as the [CSV source](crate::csv) does: a dedicated thread reads the file in
+//! Works as the CSV source (the `csv` module) does: a dedicated thread reads the file in
 //! bounded chunks; each non-blank line becomes a `Record<T>` holding the value or a
 //! [`RowError`] (invalid UTF-8, malformed JSON or a value of the wrong shape, a line
 //! longer than [`max_line_bytes`](JsonlOptions::max_line_bytes), which is skipped

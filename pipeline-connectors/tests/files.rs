@@ -295,3 +295,42 @@ async fn jsonl_oversized_line_is_bounded() {
     assert_eq!(bad[0].0, 2);
     assert!(bad[0].1.contains("longer than the limit"));
 }
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct Pair {
+    a: u32,
+    b: String,
+}
+
+#[tokio::test]
+async fn a_byte_order_mark_and_crlf_line_ends_are_read() {
+    let text = "\u{feff}a,b\r\n1,\"x\r\ny\"\r\n\r\n2,z\r\n";
+    let source = CsvOptions::new().open_reader::<Pair>("bom.csv", std::io::Cursor::new(text));
+    let (rows, letters, _) = run(source).await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(
+        rows,
+        vec![
+            Pair {
+                a: 1,
+                b: "x\ny".into()
+            },
+            Pair {
+                a: 2,
+                b: "z".into()
+            }
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_bad_header_fails_the_source_not_the_process() {
+    let text = "a,\"b\n1,2\n";
+    let source = CsvOptions::new().open_reader::<Pair>("hdr.csv", std::io::Cursor::new(text));
+    let (rows, letters, report) = run(source).await;
+    assert!(rows.is_empty() && letters.is_empty());
+    assert_eq!(report.emitted, 0);
+    // Not silent: the source's row counts the failure.
+    let source = report.stages.iter().find(|s| s.name == "csv").unwrap();
+    assert_eq!(source.errors, 1, "{report:?}");
+}
