@@ -148,7 +148,9 @@ impl CsvOptions {
     }
 
     /// Whether the first record names the fields (default `true`). With headers, rows
-    /// deserialize by name (structs, maps); without, by position (tuples, `Vec`).
+    /// deserialize by name (structs, maps); without, by position (tuples, `Vec`), and the
+    /// first row sets the field count the others must have (unless
+    /// [`flexible`](Self::flexible)).
     #[must_use]
     pub fn has_headers(mut self, yes: bool) -> Self {
         self.has_headers = yes;

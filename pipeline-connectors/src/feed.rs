@@ -37,6 +37,8 @@ pub(crate) struct FeedShape {
 /// The async side: a producer not started yet, or the channel from its thread.
 pub(crate) enum Feed<P: Produce> {
     Idle(Option<(P, String, FeedShape)>),
+    /// The thread could not be started (reported once): the source is over.
+    Failed,
     Running {
         rx: mpsc::Receiver<Msg<P::Item>>,
         buf: VecDeque<P::Item>,
@@ -50,6 +52,7 @@ impl<P: Produce> std::fmt::Debug for Feed<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Feed::Idle(_) => f.write_str("Feed::Idle"),
+            Feed::Failed => f.write_str("Feed::Failed"),
             Feed::Running { buf, done, .. } => f
                 .debug_struct("Feed::Running")
                 .field("buffered", &buf.len())
@@ -70,13 +73,17 @@ impl<P: Produce> Feed<P> {
             return Ok(());
         };
         let Some((producer, thread, shape)) = idle.take() else {
-            return Err(Message("the reader thread could not be started".into()).into());
+            *self = Feed::Failed;
+            return Ok(());
         };
         let (tx, rx) = mpsc::channel(shape.depth.max(1));
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(thread.clone())
-            .spawn(move || run(producer, tx, shape.chunk.max(1)))
-            .map_err(|e| Message(format!("{thread}: cannot start the reader thread: {e}")))?;
+            .spawn(move || run(producer, tx, shape.chunk.max(1)));
+        if let Err(e) = spawned {
+            *self = Feed::Failed;
+            return Err(Message(format!("{thread}: cannot start the reader thread: {e}")).into());
+        }
         *self = Feed::Running {
             rx,
             buf: VecDeque::new(),

@@ -355,8 +355,11 @@ fn write_rows(
             table.name()
         )))
     };
+    // IMMEDIATE takes the write lock at BEGIN, waiting up to the busy timeout for another
+    // writer (a second sink on the same file); a DEFERRED transaction could fail at its
+    // first write instead, without waiting.
     let tx = conn
-        .transaction()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| fail("cannot begin a transaction", e))?;
     let mut failed = Vec::new();
     {

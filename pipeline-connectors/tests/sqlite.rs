@@ -284,3 +284,37 @@ async fn full_flights_load() {
         report.emitted as f64 / took.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sinks_share_one_database_file() {
+    let dir = scratch("shared");
+    let db = dir.join("shared.db");
+    let table = |name: &str| {
+        Table::new(name)
+            .column("id", ColumnType::Integer)
+            .column("v", ColumnType::Text)
+            .key(["id"])
+    };
+    let open = |name: &str| {
+        SqliteOptions::new(&db, table(name))
+            .journal(Journal::Wal)
+            .synchronous(Synchronous::Normal)
+            .open_with(|n: &i64| vec![(*n).into(), format!("v{n}").into()])
+            .unwrap()
+    };
+    let (first, second) = (open("first"), open("second"));
+    let (dead, letters) = sink::collect();
+    let report = Pipeline::builder("shared")
+        .source(source::iter(0..20_000i64))
+        .tee(|branch| branch.sink(second))
+        .sink(first)
+        .dead_letter(dead)
+        .run()
+        .await
+        .unwrap();
+    assert!(report.is_balanced());
+    assert!(letters.take().is_empty());
+    assert_eq!(report.delivered, 20_000);
+    assert_eq!(count(&db, "SELECT count(*) FROM first"), 20_000);
+    assert_eq!(count(&db, "SELECT count(*) FROM second"), 20_000);
+}
