@@ -24,6 +24,13 @@
 //! commit is then durable against a crash of the program, not of the machine); the
 //! defaults are SQLite's own (rollback journal, `FULL`).
 //!
+//! Several tables in one file (the flights and their per-carrier daily aggregates): open
+//! one sink per table on the same path. Each transaction takes the write lock when it
+//! begins (`BEGIN IMMEDIATE`) and waits up to the [busy timeout](SqliteOptions::busy_timeout)
+//! for the other, so the sinks take turns instead of failing; with [`Journal::Wal`] readers
+//! never wait. Batches are whatever the pipeline has ready, up to 256 items: at that size a
+//! debug build loads the 336,776 nycflights13 flights in about 5 s.
+//!
 //! # Examples
 //!
 //! ```
