@@ -1,21 +1,24 @@
 //! A batched, transactional, idempotent PostgreSQL sink (tokio-postgres, no TLS).
 //!
-//! Each batch is written in **one transaction**: one prepared upsert
-//! (`INSERT ... ON CONFLICT (key) DO UPDATE`, see [`table`](crate::table)) per row, all
-//! rows pipelined on the connection, so duplicates from an at-least-once source, or a
-//! re-run, leave one row per key (a key repeated inside one batch keeps its last row).
+//! Each batch is written **atomically in one statement**: the rows go as one array per
+//! column into a prepared upsert, `INSERT ... SELECT * FROM UNNEST($1::int8[], ...) ON
+//! CONFLICT (key) DO UPDATE` (see [`table`](crate::table)), one round trip per batch. So
+//! duplicates from an at-least-once source, or a re-run, leave one row per key; a key
+//! repeated inside one batch keeps its last row (PostgreSQL will not update a row twice in
+//! one statement, so the earlier rows of that key, which the last one would overwrite, are
+//! left out of the statement).
 //!
-//! **Failed rows.** Rows are checked against the prepared statement's parameter types
-//! first: a row with the wrong number of values or a value of the wrong type (text for a
-//! `BIGINT`, an integer out of an `INTEGER`'s range) fails alone, without a round trip.
-//! If the database rejects a row (SQLSTATE class 22, data exception, or 23, integrity
-//! constraint: `NOT NULL`, `CHECK`, a foreign key), the batch's transaction is rolled back
-//! and the batch is written again **row by row, each in a savepoint**, inside one
-//! transaction: the good rows commit, each bad row is reported through
-//! [`WriteError::partial`] (so dead-lettered), its message naming the row by its key. This
-//! second pass costs three round trips per row and runs only for batches with a bad row.
-//! Any other failure (the connection, a missing table, a serialization conflict) fails the
-//! whole batch, with nothing of it committed.
+//! **Failed rows.** Rows are checked first against the table's declared column types and
+//! the prepared statement's parameter types: a row with the wrong number of values or a
+//! value of the wrong type (text for a `BIGINT`, an integer out of an `INTEGER`'s range)
+//! fails alone, without a round trip. If the database rejects a row (SQLSTATE class 22,
+//! data exception, or 23, integrity constraint: `NOT NULL`, `CHECK`, a foreign key),
+//! nothing of the statement is stored and the batch is written again **row by row, each
+//! in a savepoint**, inside one transaction: the good rows commit, each bad row is
+//! reported through [`WriteError::partial`] (so dead-lettered), its message naming the row
+//! by its key. This second pass costs three round trips per row and runs only for batches
+//! with a bad row. Any other failure (the connection, a missing table, a serialization
+//! conflict) fails the whole batch, with nothing of it committed.
 //!
 //! **Connections.** The sink connects when built ([`PostgresOptions::connect`]), so a wrong
 //! address fails at once, with an error naming the server (never the password). A
@@ -26,10 +29,9 @@
 //!
 //! # Cancel safety
 //!
-//! A write dropped before it finished (a shutdown past its deadline) leaves its
-//! transaction uncommitted, and tokio-postgres rolls it back: nothing of that batch is
-//! stored unless the commit was already sent. Either way the upsert makes a later replay
-//! of the batch harmless.
+//! A write dropped before it finished (a shutdown past its deadline) may or may not have
+//! stored its batch (the statement, or the row-by-row transaction's commit, may already be
+//! on the server); either way the upsert makes a later replay of the batch harmless.
 //!
 //! # Examples
 //!
@@ -72,13 +74,17 @@ use std::marker::PhantomData;
 use std::str::FromStr;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use pipeline_core::error::{Message, chain};
 use pipeline_core::sink::{Sink, WriteError};
-use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::table::{Dialect, RowFn, RowsFailed, Table, TableError, ToRow, Value};
+
+mod types;
+mod write;
+
+use types::{check_types, fits_declared};
+use write::{BatchError, write_batch, write_one_by_one};
 
 /// A PostgreSQL sink could not be set up. Messages name the server as
 /// `host=.. port=.. user=.. dbname=..`, never the password.
@@ -181,11 +187,13 @@ impl PostgresOptions {
         self.table.validate()?;
         let target = describe(&self.config);
         let upsert = self.table.upsert_sql(Dialect::Postgres);
+        let upsert_many = self.table.upsert_unnest_sql();
         let server = Server {
             config: self.config,
             target,
             table: self.table,
             upsert,
+            upsert_many,
         };
         let conn = server.open(true).await?;
         Ok(PostgresSink {
@@ -240,18 +248,13 @@ impl<T, F> fmt::Debug for PostgresSink<T, F> {
     }
 }
 
-/// A live connection and the upsert prepared on it.
+/// A live connection and the upserts prepared on it.
 struct Conn {
     client: Client,
+    /// One row.
     upsert: Statement,
-}
-
-/// Why a batch failed.
-enum BatchError {
-    /// A row the database rejected (SQLSTATE class 22 or 23): find it row by row.
-    Row,
-    /// Anything else: the whole batch fails, the connection is renewed.
-    Batch(String),
+    /// A batch, as arrays.
+    upsert_many: Statement,
 }
 
 /// What the sink connects to and writes: everything but the connection and the mapping.
@@ -261,6 +264,7 @@ struct Server {
     target: String,
     table: Table,
     upsert: String,
+    upsert_many: String,
 }
 
 impl Server {
@@ -290,13 +294,22 @@ impl Server {
                 .await
                 .map_err(|e| setup(format!("create table `{}`", self.table.name()), e))?;
         }
-        let upsert = client.prepare(&self.upsert).await.map_err(|e| {
+        let prepare_failed = |e| {
             setup(
                 format!("prepare the upsert into `{}`", self.table.name()),
                 e,
             )
-        })?;
-        Ok(Conn { client, upsert })
+        };
+        let upsert = client.prepare(&self.upsert).await.map_err(prepare_failed)?;
+        let upsert_many = client
+            .prepare(&self.upsert_many)
+            .await
+            .map_err(prepare_failed)?;
+        Ok(Conn {
+            client,
+            upsert,
+            upsert_many,
+        })
     }
 
     fn fail(&self, what: impl fmt::Display) -> WriteError {
@@ -341,7 +354,19 @@ where
             match table
                 .check_row(row)
                 .and_then(|()| check_types(row, conn.upsert.params(), table))
-            {
+                .and_then(|()| {
+                    match row
+                        .iter()
+                        .zip(table.columns())
+                        .find(|(v, c)| !fits_declared(v, c.ty))
+                    {
+                        Some((v, c)) => Err(format!(
+                            "column `{}`: {v} is not of its declared type {:?}",
+                            c.name, c.ty
+                        )),
+                        None => Ok(()),
+                    }
+                }) {
                 Ok(()) => good.push(pos),
                 Err(why) => failed.push((
                     pos,
@@ -349,7 +374,7 @@ where
                 )),
             }
         }
-        let outcome = match write_batch(conn, &rows, &good).await {
+        let outcome = match write_batch(conn, &self.server.table, &rows, &good).await {
             Ok(()) => Ok(Vec::new()),
             Err(BatchError::Row) => write_one_by_one(conn, &rows, &good, &self.server.table).await,
             Err(BatchError::Batch(why)) => Err(why),
@@ -379,156 +404,4 @@ where
     fn name(&self) -> &str {
         "postgres"
     }
-}
-
-/// Whether the database rejected a row rather than the batch: a data exception (class
-/// 22) or an integrity constraint violation (class 23).
-fn is_row_error(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
-}
-
-fn params(row: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
-    row.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
-}
-
-/// The rows at `good` in one transaction, pipelined.
-async fn write_batch(
-    conn: &mut Conn,
-    rows: &[Vec<Value>],
-    good: &[usize],
-) -> Result<(), BatchError> {
-    if good.is_empty() {
-        return Ok(());
-    }
-    let batch = |e: tokio_postgres::Error| BatchError::Batch(chain(&e));
-    let tx = conn.client.transaction().await.map_err(batch)?;
-    let args: Vec<Vec<&(dyn ToSql + Sync)>> = good.iter().map(|&p| params(&rows[p])).collect();
-    let upsert = &conn.upsert;
-    let written = futures::future::try_join_all(args.iter().map(|a| tx.execute(upsert, a))).await;
-    match written {
-        Ok(_) => tx.commit().await.map_err(batch),
-        Err(e) => {
-            let row = is_row_error(&e);
-            tx.rollback().await.map_err(batch)?;
-            if row {
-                Err(BatchError::Row)
-            } else {
-                Err(batch(e))
-            }
-        }
-    }
-}
-
-/// The rows at `good` in one transaction, each in its own savepoint: the failed ones are
-/// returned with their reasons, the rest commits.
-async fn write_one_by_one(
-    conn: &mut Conn,
-    rows: &[Vec<Value>],
-    good: &[usize],
-    table: &Table,
-) -> Result<Vec<(usize, String)>, String> {
-    let mut tx = conn.client.transaction().await.map_err(|e| chain(&e))?;
-    let mut failed = Vec::new();
-    for &pos in good {
-        let row = &rows[pos];
-        let savepoint = tx.savepoint("pipeline_row").await.map_err(|e| chain(&e))?;
-        match savepoint.execute(&conn.upsert, &params(row)).await {
-            Ok(_) => savepoint.commit().await.map_err(|e| chain(&e))?,
-            Err(e) if is_row_error(&e) => {
-                savepoint.rollback().await.map_err(|e| chain(&e))?;
-                let why = e
-                    .as_db_error()
-                    .map_or_else(|| chain(&e), |d| d.message().to_owned());
-                failed.push((
-                    pos,
-                    format!("row {pos} ({}): {why}", table.describe_key(row)),
-                ));
-            }
-            Err(e) => return Err(chain(&e)),
-        }
-    }
-    tx.commit().await.map_err(|e| chain(&e))?;
-    Ok(failed)
-}
-
-/// Whether each value can be sent as the statement's parameter of the same position.
-fn check_types(row: &[Value], types: &[Type], table: &Table) -> Result<(), String> {
-    for ((value, ty), column) in row.iter().zip(types).zip(table.columns()) {
-        if let Err(why) = fits(value, ty) {
-            return Err(format!("column `{}`: {why}", column.name));
-        }
-    }
-    Ok(())
-}
-
-fn fits(value: &Value, ty: &Type) -> Result<(), String> {
-    let ok = match value {
-        Value::Null => true,
-        Value::Integer(i) => {
-            if *ty == Type::INT4 {
-                i32::try_from(*i).is_ok()
-            } else if *ty == Type::INT2 {
-                i16::try_from(*i).is_ok()
-            } else {
-                [Type::INT8, Type::FLOAT8, Type::FLOAT4].contains(ty)
-            }
-        }
-        Value::Real(_) => *ty == Type::FLOAT8 || *ty == Type::FLOAT4,
-        Value::Text(_) => <&str as ToSql>::accepts(ty),
-        Value::Blob(_) => *ty == Type::BYTEA,
-        Value::Bool(_) => *ty == Type::BOOL,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{value} does not fit a {ty} column"))
-    }
-}
-
-impl ToSql for Value {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self {
-            Value::Null => Ok(IsNull::Yes),
-            Value::Integer(i) => {
-                if *ty == Type::INT4 {
-                    i32::try_from(*i)?.to_sql(ty, out)
-                } else if *ty == Type::INT2 {
-                    i16::try_from(*i)?.to_sql(ty, out)
-                } else if *ty == Type::FLOAT8 {
-                    // Exact up to 2^53, as every float column is.
-                    #[allow(clippy::cast_precision_loss)]
-                    (*i as f64).to_sql(ty, out)
-                } else if *ty == Type::FLOAT4 {
-                    #[allow(clippy::cast_precision_loss)]
-                    (*i as f32).to_sql(ty, out)
-                } else {
-                    i.to_sql(ty, out)
-                }
-            }
-            Value::Real(r) => {
-                if *ty == Type::FLOAT4 {
-                    #[allow(clippy::cast_possible_truncation)]
-                    (*r as f32).to_sql(ty, out)
-                } else {
-                    r.to_sql(ty, out)
-                }
-            }
-            Value::Text(t) => t.as_str().to_sql(ty, out),
-            Value::Blob(b) => b.as_slice().to_sql(ty, out),
-            Value::Bool(b) => b.to_sql(ty, out),
-        }
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        // Checked per value in `fits` (with a message naming the column), and again by
-        // the inner `to_sql`.
-        true
-    }
-
-    tokio_postgres::types::to_sql_checked!();
 }

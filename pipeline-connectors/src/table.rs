@@ -302,12 +302,8 @@ impl Table {
     /// The upsert: `INSERT ... ON CONFLICT (key) DO UPDATE SET ...` (or `DO NOTHING` when
     /// every column is in the key), with the dialect's placeholders.
     pub(crate) fn upsert_sql(&self, dialect: Dialect) -> String {
-        let names: Vec<String> = self.columns.iter().map(|c| c.name.clone()).collect();
-        let mut sql = format!(
-            "INSERT INTO {} ({}) VALUES (",
-            quote(&self.name),
-            self.quoted_list(&names)
-        );
+        let mut sql = self.insert_head();
+        sql.push_str(" VALUES (");
         for i in 1..=self.columns.len() {
             if i > 1 {
                 sql.push_str(", ");
@@ -317,7 +313,50 @@ impl Table {
                 Dialect::Postgres => write!(sql, "${i}"),
             };
         }
-        let _ = write!(sql, ") ON CONFLICT ({}) DO ", self.quoted_list(&self.key));
+        sql.push(')');
+        sql.push_str(&self.on_conflict());
+        sql
+    }
+
+    /// The upsert of a whole batch in one statement (PostgreSQL): one array parameter
+    /// per column, `INSERT ... SELECT * FROM UNNEST($1::int8[], ...) ON CONFLICT ...`.
+    /// The batch must not repeat a key (PostgreSQL refuses to update a row twice in one
+    /// statement).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn upsert_unnest_sql(&self) -> String {
+        let mut sql = self.insert_head();
+        sql.push_str(" SELECT * FROM UNNEST(");
+        for (i, c) in self.columns.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let array = match c.ty {
+                ColumnType::Integer => "int8[]",
+                ColumnType::Real => "float8[]",
+                ColumnType::Text => "text[]",
+                ColumnType::Blob => "bytea[]",
+                ColumnType::Boolean => "bool[]",
+            };
+            let _ = write!(sql, "${}::{array}", i + 1);
+        }
+        sql.push(')');
+        sql.push_str(&self.on_conflict());
+        sql
+    }
+
+    /// `INSERT INTO "t" ("a", "b")`.
+    fn insert_head(&self) -> String {
+        let names: Vec<String> = self.columns.iter().map(|c| c.name.clone()).collect();
+        format!(
+            "INSERT INTO {} ({})",
+            quote(&self.name),
+            self.quoted_list(&names)
+        )
+    }
+
+    /// ` ON CONFLICT ("k") DO UPDATE SET "a" = excluded."a", ...` (or `DO NOTHING`).
+    fn on_conflict(&self) -> String {
+        let mut sql = format!(" ON CONFLICT ({}) DO ", self.quoted_list(&self.key));
         let rest: Vec<&Column> = self
             .columns
             .iter()
@@ -335,6 +374,15 @@ impl Table {
             }
         }
         sql
+    }
+
+    /// Positions of the key columns, in key order.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn key_positions(&self) -> Vec<usize> {
+        self.key
+            .iter()
+            .filter_map(|k| self.columns.iter().position(|c| &c.name == k))
+            .collect()
     }
 
     fn quoted_list(&self, names: &[String]) -> String {
@@ -404,6 +452,11 @@ mod tests {
                 .ends_with("VALUES ($1) ON CONFLICT (\"a\") DO NOTHING")
         );
         assert_eq!(quote("we\"ird"), "\"we\"\"ird\"");
+        #[cfg(feature = "postgres")]
+        assert_eq!(
+            t.upsert_unnest_sql(),
+            r#"INSERT INTO "t" ("a", "b", "c") SELECT * FROM UNNEST($1::text[], $2::int8[], $3::float8[]) ON CONFLICT ("a", "b") DO UPDATE SET "c" = excluded."c""#
+        );
     }
 
     #[test]

@@ -360,3 +360,34 @@ async fn a_connection_broken_during_a_write_fails_that_batch() {
     );
     drop_table(&admin, &name).await;
 }
+
+/// A throughput check: 50,000 rows in batches of up to 256. Opt-in (`-- --ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a throughput measurement, not a check"]
+async fn bulk_load_throughput() {
+    let admin = admin().await;
+    let name = unique("bulk");
+    let sink = PostgresOptions::new(&url(), events(&name))
+        .unwrap()
+        .connect::<Event>()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let report = Pipeline::builder("bulk")
+        .source(source::iter((0..50_000).map(|i| e(i, "UA", Some(i % 100)))))
+        .sink(sink)
+        .run()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(report.delivered, 50_000);
+    assert_eq!(
+        count(&admin, &format!("SELECT count(*) FROM \"{name}\"")).await,
+        50_000
+    );
+    println!(
+        "50000 rows in {took:?} ({:.0} rows/s)",
+        50_000.0 / took.as_secs_f64()
+    );
+    drop_table(&admin, &name).await;
+}
