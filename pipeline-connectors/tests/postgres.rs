@@ -391,3 +391,128 @@ async fn bulk_load_throughput() {
     );
     drop_table(&admin, &name).await;
 }
+
+fn every_type(name: &str) -> Table {
+    Table::new(name)
+        .column("id", ColumnType::Integer)
+        .nullable("r", ColumnType::Real)
+        .nullable("t", ColumnType::Text)
+        .nullable("b", ColumnType::Blob)
+        .nullable("f", ColumnType::Boolean)
+        .key(["id"])
+}
+
+#[tokio::test]
+async fn every_column_type_round_trips() {
+    let admin = admin().await;
+    let name = unique("types_rt");
+    let mut sink = PostgresOptions::new(&url(), every_type(&name))
+        .unwrap()
+        .connect_with(|n: &i64| {
+            if *n % 2 == 0 {
+                vec![
+                    (*n).into(),
+                    Value::Real(*n as f64 + 0.5),
+                    format!("it's \"{n}\"").into(),
+                    Value::Blob(vec![0, 1, 255]),
+                    (*n % 4 == 0).into(),
+                ]
+            } else {
+                // An integer into a REAL column is converted; the rest are NULL.
+                vec![
+                    (*n).into(),
+                    (*n).into(),
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                ]
+            }
+        })
+        .await
+        .unwrap();
+    sink.write(&mut vec![1, 2, 3, 4]).await.unwrap();
+    let rows = admin
+        .query(
+            &format!("SELECT id, r, t, b, f FROM \"{name}\" ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4);
+    let r: Option<f64> = rows[0].get(1);
+    let t: Option<String> = rows[0].get(2);
+    assert_eq!((r, t), (Some(1.0), None));
+    let r: Option<f64> = rows[1].get(1);
+    let t: Option<String> = rows[1].get(2);
+    let b: Option<Vec<u8>> = rows[1].get(3);
+    let f: Option<bool> = rows[1].get(4);
+    assert_eq!(r, Some(2.5));
+    assert_eq!(t.as_deref(), Some("it's \"2\""));
+    assert_eq!(b, Some(vec![0, 1, 255]));
+    assert_eq!(f, Some(false));
+    let f: Option<bool> = rows[3].get(4);
+    assert_eq!(f, Some(true));
+    drop_table(&admin, &name).await;
+}
+
+#[tokio::test]
+async fn an_existing_table_with_narrower_types() {
+    let admin = admin().await;
+    let name = unique("existing");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE \"{name}\" (id INTEGER PRIMARY KEY, carrier VARCHAR(2) NOT NULL, delay SMALLINT)"
+        ))
+        .await
+        .unwrap();
+    let mut sink: PostgresSink<Event> = PostgresOptions::new(&url(), events(&name).assume_exists())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = sink
+        .write(&mut vec![
+            e(1, "UA", Some(5)),
+            e(3_000_000_000, "AA", None), // beyond INTEGER: fails before the round trip
+            e(2, "B6", Some(40_000)),     // beyond SMALLINT
+            e(4, "TOO LONG", None),       // beyond VARCHAR(2): the database says so
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.failed, Some(vec![1, 2, 3]), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("column `id`") && text.contains("column `delay`"),
+        "{text}"
+    );
+    assert!(text.contains("too long"), "{text}");
+    assert_eq!(
+        count(&admin, &format!("SELECT count(*) FROM \"{name}\"")).await,
+        1
+    );
+    drop_table(&admin, &name).await;
+}
+
+#[tokio::test]
+async fn a_key_only_table_ignores_duplicates() {
+    let admin = admin().await;
+    let name = unique("keys");
+    let table = Table::new(&name)
+        .column("carrier", ColumnType::Text)
+        .column("day", ColumnType::Integer)
+        .key(["carrier", "day"]);
+    let mut sink = PostgresOptions::new(&url(), table)
+        .unwrap()
+        .connect_with(|(c, d): &(&'static str, i64)| vec![(*c).into(), (*d).into()])
+        .await
+        .unwrap();
+    sink.write(&mut vec![("UA", 1), ("UA", 2), ("UA", 1), ("AA", 1)])
+        .await
+        .unwrap();
+    sink.write(&mut vec![("UA", 2)]).await.unwrap();
+    assert_eq!(
+        count(&admin, &format!("SELECT count(*) FROM \"{name}\"")).await,
+        3
+    );
+    drop_table(&admin, &name).await;
+}

@@ -318,3 +318,50 @@ async fn two_sinks_share_one_database_file() {
     assert_eq!(count(&db, "SELECT count(*) FROM first"), 20_000);
     assert_eq!(count(&db, "SELECT count(*) FROM second"), 20_000);
 }
+
+#[tokio::test]
+async fn every_column_type_round_trips_and_a_key_only_table() {
+    let dir = scratch("types");
+    let db = dir.join("t.db");
+    let table = Table::new("every")
+        .column("id", ColumnType::Integer)
+        .nullable("r", ColumnType::Real)
+        .nullable("t", ColumnType::Text)
+        .nullable("b", ColumnType::Blob)
+        .nullable("f", ColumnType::Boolean)
+        .key(["id"]);
+    let mut sink = SqliteOptions::new(&db, table)
+        .open_with(|n: &i64| {
+            vec![
+                (*n).into(),
+                Value::Real(0.25),
+                "it's".into(),
+                Value::Blob(vec![9, 0]),
+                true.into(),
+            ]
+        })
+        .unwrap();
+    pipeline_core::sink::Sink::write(&mut sink, &mut vec![1, 1, 2])
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let row: (f64, String, Vec<u8>, bool) = conn
+        .query_row("SELECT r, t, b, f FROM every WHERE id = 2", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap();
+    assert_eq!(row, (0.25, "it's".to_string(), vec![9, 0], true));
+    assert_eq!(count(&db, "SELECT count(*) FROM every"), 2);
+
+    // Every column in the key: duplicates are ignored (`DO NOTHING`).
+    let keys = Table::new("seen")
+        .column("id", ColumnType::Text)
+        .key(["id"]);
+    let mut sink = SqliteOptions::new(&db, keys)
+        .open_with(|s: &&str| vec![(*s).into()])
+        .unwrap();
+    pipeline_core::sink::Sink::write(&mut sink, &mut vec!["a", "b", "a"])
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM seen"), 2);
+}
