@@ -21,7 +21,9 @@
 //! conflict) fails the whole batch, with nothing of it committed.
 //!
 //! **Connections.** The sink connects when built ([`PostgresOptions::connect`]), so a wrong
-//! address fails at once, with an error naming the server (never the password). A
+//! address fails at once, with an error naming the server (never the password); or on its
+//! first write ([`PostgresOptions::lazy`]), for a pipeline that must start while the
+//! database may be down. A
 //! connection found closed before a write is replaced first; one that breaks during a
 //! write fails that batch (nothing of it committed, every item reported), and the next
 //! write connects again. Give the sink a retry policy to ride out an outage instead of
@@ -184,6 +186,37 @@ impl PostgresOptions {
         T: Send + 'static,
         F: Fn(&T) -> Vec<Value> + Send + 'static,
     {
+        let mut sink = self.lazy_with(map)?;
+        sink.conn = Some(sink.server.open(true).await?);
+        sink.created = true;
+        Ok(sink)
+    }
+
+    /// A sink that connects (and creates the table) on its first write instead: for a
+    /// pipeline that must start while the database may be down. Until it is reachable,
+    /// each write fails as a whole with a [`PostgresError::Connect`] message (give the sink
+    /// a retry policy to wait rather than dead-letter).
+    ///
+    /// ```
+    /// use pipeline_connectors::postgres::PostgresOptions;
+    /// use pipeline_connectors::table::{ColumnType, Table, Value};
+    ///
+    /// let table = Table::new("seen").column("id", ColumnType::Integer).key(["id"]);
+    /// let sink = PostgresOptions::new("host=db.invalid user=etl dbname=warehouse", table)
+    ///     .unwrap()
+    ///     .lazy_with(|id: &i64| vec![Value::from(*id)])
+    ///     .unwrap(); // no connection yet
+    /// # drop(sink);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`PostgresError::Table`] if the table declaration is invalid.
+    pub fn lazy_with<T, F>(self, map: F) -> Result<PostgresSink<T, F>, PostgresError>
+    where
+        T: Send + 'static,
+        F: Fn(&T) -> Vec<Value> + Send + 'static,
+    {
         self.table.validate()?;
         let target = describe(&self.config);
         let upsert = self.table.upsert_sql(Dialect::Postgres);
@@ -195,13 +228,22 @@ impl PostgresOptions {
             upsert,
             upsert_many,
         };
-        let conn = server.open(true).await?;
         Ok(PostgresSink {
             server,
-            conn: Some(conn),
+            conn: None,
+            created: false,
             map,
             _item: PhantomData,
         })
+    }
+
+    /// As [`lazy_with`](Self::lazy_with), items becoming rows through [`ToRow`].
+    ///
+    /// # Errors
+    ///
+    /// [`PostgresError::Table`] if the table declaration is invalid.
+    pub fn lazy<T: ToRow + Send + 'static>(self) -> Result<PostgresSink<T>, PostgresError> {
+        self.lazy_with(T::to_row as RowFn<T>)
     }
 }
 
@@ -234,6 +276,8 @@ fn describe(config: &Config) -> String {
 pub struct PostgresSink<T, F = RowFn<T>> {
     server: Server,
     conn: Option<Conn>,
+    /// Whether the table was created (or found) on a first connection.
+    created: bool,
     map: F,
     _item: PhantomData<fn(&T)>,
 }
@@ -338,8 +382,11 @@ where
             self.conn = None;
         }
         if self.conn.is_none() {
-            match self.server.open(false).await {
-                Ok(conn) => self.conn = Some(conn),
+            match self.server.open(!self.created).await {
+                Ok(conn) => {
+                    self.conn = Some(conn);
+                    self.created = true;
+                }
                 Err(e) => return Err(WriteError::all(e)),
             }
         }

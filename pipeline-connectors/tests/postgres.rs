@@ -516,3 +516,40 @@ async fn a_key_only_table_ignores_duplicates() {
     );
     drop_table(&admin, &name).await;
 }
+
+#[tokio::test]
+async fn a_lazy_sink_connects_and_creates_the_table_on_its_first_write() {
+    let admin = admin().await;
+    let name = unique("lazy");
+    // Unreachable: the write fails as a whole, naming the server.
+    let mut down: PostgresSink<Event> = PostgresOptions::new(
+        "host=127.0.0.1 port=1 user=postgres dbname=test connect_timeout=2",
+        events(&name),
+    )
+    .unwrap()
+    .lazy()
+    .unwrap();
+    let err = down.write(&mut vec![e(1, "UA", None)]).await.unwrap_err();
+    assert_eq!(err.failed, None);
+    assert!(
+        err.to_string()
+            .contains("cannot connect to host=127.0.0.1 port=1"),
+        "{err}"
+    );
+
+    let mut sink: PostgresSink<Event> = PostgresOptions::new(&url(), events(&name))
+        .unwrap()
+        .lazy()
+        .unwrap();
+    let exists = format!("SELECT count(*) FROM pg_tables WHERE tablename = '{name}'");
+    assert_eq!(count(&admin, &exists).await, 0);
+    sink.write(&mut vec![e(1, "UA", None), e(2, "AA", Some(3))])
+        .await
+        .unwrap();
+    assert_eq!(count(&admin, &exists).await, 1);
+    assert_eq!(
+        count(&admin, &format!("SELECT count(*) FROM \"{name}\"")).await,
+        2
+    );
+    drop_table(&admin, &name).await;
+}
