@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use pipeline_core::stage::{Map, Stage};
 use pipeline_core::{Context, StageOptions};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 /// One row of a file: where it starts and what it parsed to.
 ///
@@ -38,6 +39,34 @@ impl<T> Record<T> {
     /// Whether the row was read.
     pub fn is_ok(&self) -> bool {
         self.value.is_ok()
+    }
+}
+
+/// `{"line": 7, "value": ...}` or `{"line": 7, "error": {...}}`: with
+/// [`show_items_as_json`](pipeline_core::stage::show_items_as_json) around
+/// [`parsed`], a dead letter then carries the failed row's line, kind and text as JSON
+/// (at the cost of one clone per row).
+///
+/// ```
+/// use pipeline_connectors::record::{Record, RowError, RowErrorKind};
+///
+/// let bad: Record<u32> = Record {
+///     line: 7,
+///     value: Err(RowError::new("f.csv", 7, RowErrorKind::FieldCount, "expected 2 fields, found 1")),
+/// };
+/// let json = serde_json::to_value(&bad).unwrap();
+/// assert_eq!(json["line"], 7);
+/// assert_eq!(json["error"]["kind"], "field_count");
+/// ```
+impl<T: Serialize> Serialize for Record<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut record = serializer.serialize_struct("Record", 2)?;
+        record.serialize_field("line", &self.line)?;
+        match &self.value {
+            Ok(value) => record.serialize_field("value", value)?,
+            Err(error) => record.serialize_field("error", error)?,
+        }
+        record.end()
     }
 }
 
@@ -163,6 +192,19 @@ impl fmt::Display for RowError {
 }
 
 impl std::error::Error for RowError {}
+
+/// `{"file", "line", "kind", "message", "snippet"}`, `kind` as [`RowErrorKind::as_str`].
+impl Serialize for RowError {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut error = serializer.serialize_struct("RowError", 5)?;
+        error.serialize_field("file", &*self.file)?;
+        error.serialize_field("line", &self.line)?;
+        error.serialize_field("kind", self.kind.as_str())?;
+        error.serialize_field("message", &self.message)?;
+        error.serialize_field("snippet", &self.snippet)?;
+        error.end()
+    }
+}
 
 /// The stage that unwraps [`Record`]s: `Record<T> -> T`, failing with the row's
 /// [`RowError`] (permanent: never retried) so bad rows are dead-lettered with file and

@@ -12,7 +12,7 @@ use pipeline_core::prelude::*;
 use pipeline_core::source::Source;
 use pipeline_core::{DeadLetter, RunReport};
 
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 struct Flight {
     year: u16,
     month: u8,
@@ -333,4 +333,29 @@ async fn a_bad_header_fails_the_source_not_the_process() {
     // Not silent: the source's row counts the failure.
     let source = report.stages.iter().find(|s| s.name == "csv").unwrap();
     assert_eq!(source.errors, 1, "{report:?}");
+}
+
+#[tokio::test]
+async fn dead_letters_can_carry_the_row_as_json() {
+    let (sink, _out) = sink::collect::<Flight>();
+    let (dead, letters) = sink::collect();
+    Pipeline::builder("json")
+        .source(CsvSource::<Flight>::open(data("missing_columns.csv")).unwrap())
+        .stage(pipeline_core::stage::show_items_as_json(parsed()))
+        .sink(sink)
+        .dead_letter(dead)
+        .run()
+        .await
+        .unwrap();
+    let letters = letters.take();
+    assert_eq!(letters.len(), 1);
+    let item = letters[0].item.as_ref().unwrap();
+    assert_eq!(item["line"], 6);
+    assert_eq!(item["error"]["kind"], "field_count");
+    assert!(
+        item["error"]["snippet"]
+            .as_str()
+            .unwrap()
+            .starts_with("2013,1,1,")
+    );
 }
