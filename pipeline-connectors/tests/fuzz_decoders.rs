@@ -135,4 +135,33 @@ proptest! {
         let got: Vec<u64> = items.iter().map(|r| r.line).collect();
         prop_assert_eq!(got, want);
     }
+
+    #[test]
+    fn csv_written_by_the_csv_crate_reads_back_exactly(
+        width in 1usize..5,
+        cells in proptest::collection::vec("[a-z,\" \n]{0,8}", 0..60),
+    ) {
+        let rows: Vec<Vec<String>> = cells.chunks(width).filter(|r| r.len() == width).map(<[String]>::to_vec).collect();
+        let mut writer = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(Vec::new());
+        let mut starts = Vec::new();
+        let mut newlines = 0u64;
+        for row in &rows {
+            writer.write_record(row).unwrap();
+            writer.flush().unwrap();
+            starts.push(newlines + 1);
+            newlines = writer.get_ref().iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        let bytes = writer.into_inner().unwrap();
+        let source = CsvOptions::new()
+            .has_headers(false)
+            .open_reader::<Vec<String>>("rt.csv", std::io::Cursor::new(bytes));
+        let (items, errors) = drain(source);
+        prop_assert_eq!(errors, 0);
+        let lines: Vec<u64> = items.iter().map(|r| r.line).collect();
+        let back: Vec<Vec<String>> = items.into_iter().map(|r| r.value.unwrap()).collect();
+        prop_assert_eq!(back, rows);
+        prop_assert_eq!(lines, starts);
+    }
 }
