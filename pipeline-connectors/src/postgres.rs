@@ -20,6 +20,10 @@
 //! with a bad row. Any other failure (the connection, a missing table, a serialization
 //! conflict) fails the whole batch, with nothing of it committed.
 //!
+//! For each failed row's dead letter to carry the item itself as JSON (to replay it),
+//! wrap the sink in the core's `sink::show_items_as_json` (one clone per item; the sink
+//! leaves the items in the batch for it).
+//!
 //! **Connections.** The sink connects when built ([`PostgresOptions::connect`]), so a wrong
 //! address fails at once, with an error naming the server (never the password); or on its
 //! first write ([`PostgresOptions::lazy`]), for a pipeline that must start while the

@@ -9,6 +9,10 @@
 //! If the database aborts the whole transaction (disk full, I/O error) the whole batch
 //! fails and nothing of it is committed.
 //!
+//! For each failed row's dead letter to carry the item itself as JSON (to replay it),
+//! wrap the sink in the core's `sink::show_items_as_json` (one clone per item; the sink
+//! leaves the items in the batch for it).
+//!
 //! rusqlite is blocking: the connection lives on a dedicated thread, fed one batch at a
 //! time through a bounded channel, so the async workers never wait on the disk. Items are
 //! turned into rows on the caller's side ([`ToRow`] or a closure), so the items stay with
