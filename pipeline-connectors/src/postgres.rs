@@ -383,11 +383,15 @@ where
         let rows: Vec<Vec<Value>> = items.iter().map(&self.map).collect();
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
             // Known lost (the server closed it while idle): connect again before writing.
+            tracing::info!(server = %self.server.target, "postgres sink: connection closed; reconnecting");
             self.conn = None;
         }
         if self.conn.is_none() {
             match self.server.open(!self.created).await {
                 Ok(conn) => {
+                    if self.created {
+                        tracing::info!(server = %self.server.target, "postgres sink: reconnected");
+                    }
                     self.conn = Some(conn);
                     self.created = true;
                 }
