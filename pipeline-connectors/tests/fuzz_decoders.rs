@@ -164,4 +164,31 @@ proptest! {
         prop_assert_eq!(back, rows);
         prop_assert_eq!(lines, starts);
     }
+
+    #[test]
+    fn json_values_written_one_per_line_read_back_exactly(
+        values in proptest::collection::vec(
+            prop_oneof![
+                any::<i64>().prop_map(serde_json::Value::from),
+                "[a-z \"\\\n\u{e9}]{0,12}".prop_map(serde_json::Value::from),
+                any::<bool>().prop_map(serde_json::Value::from),
+                Just(serde_json::Value::Null),
+            ],
+            0..40,
+        ),
+    ) {
+        let mut text = String::new();
+        for v in &values {
+            text.push_str(&serde_json::to_string(v).unwrap());
+            text.push('\n');
+        }
+        let source = JsonlOptions::new()
+            .open_reader::<serde_json::Value>("rt.jsonl", std::io::Cursor::new(text));
+        let (items, errors) = drain(source);
+        prop_assert_eq!(errors, 0);
+        let lines: Vec<u64> = items.iter().map(|r| r.line).collect();
+        let back: Vec<serde_json::Value> = items.into_iter().map(|r| r.value.unwrap()).collect();
+        prop_assert_eq!(back, values.clone());
+        prop_assert_eq!(lines, (1..=values.len() as u64).collect::<Vec<_>>());
+    }
 }

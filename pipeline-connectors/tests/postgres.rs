@@ -553,3 +553,35 @@ async fn a_lazy_sink_connects_and_creates_the_table_on_its_first_write() {
     );
     drop_table(&admin, &name).await;
 }
+
+#[tokio::test]
+async fn a_bad_row_among_duplicates_is_found_row_by_row_in_order() {
+    let admin = admin().await;
+    let name = unique("dupbad");
+    let mut sink: PostgresSink<Event> = PostgresOptions::new(&url(), events(&name))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Key 1 twice: the later copy violates the CHECK, so (applied in order) the earlier
+    // one stays; key 2's later copy is good and wins.
+    let err = sink
+        .write(&mut vec![
+            e(1, "UA", Some(1)),
+            e(2, "AA", Some(2)),
+            e(1, "UA", Some(-5000)),
+            e(2, "AA", Some(20)),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.failed, Some(vec![2]), "{err}");
+    let delays = admin
+        .query(&format!("SELECT delay FROM \"{name}\" ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, Option<i64>>(0))
+        .collect::<Vec<_>>();
+    assert_eq!(delays, vec![Some(1), Some(20)]);
+    drop_table(&admin, &name).await;
+}
