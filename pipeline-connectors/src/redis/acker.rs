@@ -93,6 +93,31 @@ impl Shared {
     }
 }
 
+/// The ids of one pulled batch, settled exactly once: by the ack callback, or as
+/// negative outcomes if the callback is dropped without running ("unfinalized means
+/// failed": the entries stay pending and come again).
+#[derive(Debug)]
+pub(crate) struct BatchGuard {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ids: Vec<EntryId>,
+}
+
+impl BatchGuard {
+    pub(crate) fn settle(mut self, outcomes: &[Outcome]) {
+        let ids = std::mem::take(&mut self.ids);
+        self.shared.settle(&ids, outcomes);
+    }
+}
+
+impl Drop for BatchGuard {
+    fn drop(&mut self) {
+        if !self.ids.is_empty() {
+            let ids = std::mem::take(&mut self.ids);
+            self.shared.settle(&ids, &[]);
+        }
+    }
+}
+
 /// What the acker needs to know about its source.
 #[derive(Debug)]
 pub(crate) struct AckerConfig {

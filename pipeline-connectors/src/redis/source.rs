@@ -10,7 +10,7 @@ use pipeline_core::ack::Ack;
 use pipeline_core::source::{Backlog, Pulled, Source};
 use tokio::time::Instant;
 
-use super::acker::{self, AckerConfig, Shared, SourceProgress};
+use super::acker::{self, AckerConfig, BatchGuard, Shared, SourceProgress};
 use super::config::RedisConfig;
 use super::conn::Conn;
 use super::dead_letter::{DeadLetters, Moved};
@@ -456,16 +456,16 @@ impl StreamSource {
 
     fn emit(&mut self, entries: Vec<StreamEntry>) -> Pulled<StreamEntry> {
         let ids: Vec<EntryId> = entries.iter().map(|e| e.id).collect();
-        {
-            let mut ledger = self.shared.ledger();
-            ledger.held.extend(ids.iter().copied());
-        }
+        self.shared.ledger().held.extend(ids.iter().copied());
         self.shared
             .counters
             .read
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        let shared = Arc::clone(&self.shared);
-        let ack = Ack::new(move |outcomes| shared.settle(&ids, outcomes));
+        let guard = BatchGuard {
+            shared: Arc::clone(&self.shared),
+            ids,
+        };
+        let ack = Ack::new(move |outcomes| guard.settle(outcomes));
         Pulled::with_ack(entries, ack)
     }
 }

@@ -1,0 +1,375 @@
+//! The stream source and sink against a real, private redis-server: delivery, acks after
+//! the final outcome, abandoned entries, poison entries, trimmed entries, backlog.
+#![cfg(feature = "redis")]
+
+mod redis_support;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use pipeline_connectors::redis::{StreamEntry, StreamRecord, StreamSink};
+use pipeline_core::DeadLetter;
+use pipeline_core::prelude::*;
+use pipeline_core::source::Source;
+use redis_support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_every_entry_once_and_leaves_nothing_pending() {
+    let server = RedisServer::start();
+    let mut c = server.conn().await;
+    let n = 3000u64;
+    let ids: HashSet<String> = produce(&mut c, "in", 0..n).await.into_iter().collect();
+    let source = quick(server.config(), "in", "g", "c1").build().unwrap();
+    let progress = source.progress();
+    let (sink, out) = sink::collect();
+    let handle = Pipeline::builder("basic")
+        .source(source)
+        .stage(stage::map_fn("pass", |e: StreamEntry| async move {
+            Ok::<_, Infallible>(e)
+        }))
+        .sink(sink)
+        .spawn();
+    eventually(WAIT, "every entry delivered", || out.len() >= n as usize).await;
+    // Lag and pending reach the stats row through Backlog.
+    eventually(WAIT, "backlog reported as drained", || {
+        let stats = handle.stats();
+        let row = stats.stage("redis:in");
+        row.is_some_and(|r| r.lag == Some(0) && r.pending == Some(0))
+    })
+    .await;
+    let report = handle.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, progress.settled())
+        .await
+        .unwrap();
+    let got = out.take();
+    let seen: HashSet<String> = got.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(seen, ids, "every id delivered");
+    assert_eq!(
+        got.len(),
+        n as usize,
+        "no duplicates within one live process"
+    );
+    assert!(got.iter().all(|e| e.deliveries == 1));
+    assert_eq!(pending(&mut c, "in", "g").await, 0);
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.delivered, n);
+    assert_eq!(progress.acked(), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_appends_every_item_with_xadd() {
+    let server = RedisServer::start();
+    let mut c = server.conn().await;
+    let n = 1000u64;
+    produce(&mut c, "in", 0..n).await;
+    let source = quick(server.config(), "in", "g", "c1").build().unwrap();
+    let progress = source.progress();
+    let sink = StreamSink::new(server.config(), "out").unwrap();
+    let handle = Pipeline::builder("copy")
+        .source(source)
+        .stage(stage::map_fn("to_record", |e: StreamEntry| async move {
+            Ok::<_, Infallible>(StreamRecord::from(e.clone()).field("source_id", e.id.to_string()))
+        }))
+        .sink(sink)
+        .spawn();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let len: u64 = redis::cmd("XLEN")
+            .arg("out")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if len >= n {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {len} of {n} written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = handle.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, progress.settled())
+        .await
+        .unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg("out")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(len, n);
+    assert!(report.is_balanced());
+    assert_eq!(pending(&mut c, "in", "g").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_item_is_still_acked() {
+    let server = RedisServer::start();
+    let mut c = server.conn().await;
+    let n = 500u64;
+    produce(&mut c, "in", 0..n).await;
+    let source = quick(server.config(), "in", "g", "c1").build().unwrap();
+    let progress = source.progress();
+    let (sink, out) = sink::collect();
+    let (dead, dead_letters) = sink::collect::<DeadLetter>();
+    let handle = Pipeline::builder("failing")
+        .source(source)
+        .stage(stage::map_fn("odd_fails", |e: StreamEntry| async move {
+            if n_of(&e) % 10 == 0 {
+                Err(pipeline_core::error::Message(format!(
+                    "entry {} refused",
+                    e.id
+                )))
+            } else {
+                Ok(e)
+            }
+        }))
+        .sink(sink)
+        .dead_letter(dead)
+        .spawn();
+    eventually(WAIT, "all settled", || {
+        out.len() + dead_letters.len() >= n as usize
+    })
+    .await;
+    let report = handle.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, progress.settled())
+        .await
+        .unwrap();
+    assert_eq!(report.dead_lettered, n / 10);
+    assert_eq!(report.delivered, n - n / 10);
+    assert!(report.is_balanced());
+    assert_eq!(
+        pending(&mut c, "in", "g").await,
+        0,
+        "dead-lettered entries are acked too"
+    );
+    assert_eq!(progress.acked(), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_entries_stay_pending_and_come_back_to_the_same_consumer() {
+    let server = RedisServer::start();
+    let mut c = server.conn().await;
+    let n = 200u64;
+    let ids: HashSet<String> = produce(&mut c, "in", 0..n).await.into_iter().collect();
+    let source = quick(server.config(), "in", "g", "c1").build().unwrap();
+    let progress = source.progress();
+    let (sink, out) = sink::collect::<StreamEntry>();
+    let handle = Pipeline::builder("stuck")
+        .source(source)
+        .stage(stage::map_fn("hangs", |e: StreamEntry| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(e)
+        }))
+        .sink(sink)
+        .spawn();
+    eventually(WAIT, "entries in flight", || progress.read() > 0).await;
+    let report = handle
+        .shutdown_within(Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(report.abandoned > 0, "{report}");
+    assert!(report.is_balanced(), "{report}");
+    assert!(out.is_empty());
+    tokio::time::timeout(WAIT, progress.settled())
+        .await
+        .unwrap();
+    assert_eq!(progress.acked(), 0, "abandoned entries are not acked");
+    let left = pending(&mut c, "in", "g").await;
+    assert_eq!(left, progress.read(), "every read entry is still pending");
+
+    // The same consumer name again: its own pending entries come first, then the rest.
+    let source = quick(server.config(), "in", "g", "c1")
+        .min_idle(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let again = source.progress();
+    let (sink, out) = sink::collect::<StreamEntry>();
+    let handle = Pipeline::builder("again").source(source).sink(sink).spawn();
+    eventually(WAIT, "every entry delivered", || out.len() >= n as usize).await;
+    handle.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, again.settled()).await.unwrap();
+    let got = out.take();
+    let seen: HashSet<String> = got.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(seen, ids);
+    assert_eq!(
+        again.redelivered(),
+        left,
+        "the abandoned ones came from the pending list"
+    );
+    assert!(got.iter().filter(|e| e.deliveries == 2).count() as u64 == left);
+    assert_eq!(pending(&mut c, "in", "g").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_is_dead_lettered_once_past_max_deliveries_and_acked() {
+    let server = RedisServer::start();
+    let mut c = server.conn().await;
+    let n = 50u64;
+    let ids = produce(&mut c, "in", 0..n).await;
+    let poison_id = ids[7].clone();
+    let source = quick(server.config(), "in", "g", "c1")
+        .max_deliveries(3)
+        .build()
+        .unwrap();
+    let progress = source.progress();
+    let (sink, out) = sink::collect();
+    // Entry 7 always fails, and so does the dead-letter sink: the item ends `Failed`,
+    // so the source leaves it pending and it comes again (a crash loop in miniature).
+    let dead = sink::for_each(|_d: DeadLetter| async { Err::<(), _>("dead-letter sink down") });
+    let handle = Pipeline::builder("poison")
+        .source(source)
+        .stage(stage::map_fn("rejects_7", |e: StreamEntry| async move {
+            if n_of(&e) == 7 {
+                Err(pipeline_core::error::Message("poison".into()))
+            } else {
+                Ok(e)
+            }
+        }))
+        .sink(sink)
+        .dead_letter(dead)
+        .spawn();
+    eventually(WAIT, "the poison entry dead-lettered by the source", || {
+        progress.dead_lettered() >= 1
+    })
+    .await;
+    eventually(WAIT, "the rest delivered", || out.len() >= (n - 1) as usize).await;
+    let report = handle.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, progress.settled())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.failed, 3,
+        "delivered three times, failed each time: {report}"
+    );
+    assert_eq!(progress.dead_lettered(), 1);
+    assert_eq!(
+        pending(&mut c, "in", "g").await,
+        0,
+        "the poison entry is acked"
+    );
+    let dlq: redis::Value = redis::cmd("XRANGE")
+        .arg("in:dlq")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let text = format!("{dlq:?}");
+    let len: u64 = redis::cmd("XLEN")
+        .arg("in:dlq")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(len, 1, "exactly one dead letter: {text}");
+    assert!(
+        text.contains(&poison_id),
+        "the dead letter names the original id: {text}"
+    );
+    let index: Option<String> = redis::cmd("HGET")
+        .arg("in:dlq:index")
+        .arg(&poison_id)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        index.as_deref(),
+        Some("4"),
+        "dead-lettered on the fourth delivery"
+    );
+    let out = out.take();
+    assert!(out.iter().all(|e| n_of(e) != 7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_pending_entries_are_counted_not_lost_silently() {
+    let server = RedisServer::start();
+    let mut c = server.conn().await;
+    produce(&mut c, "in", 0..100).await;
+    // Consumer `a` reads everything and dies before finishing anything.
+    let mut a = quick(server.config(), "in", "g", "a").build().unwrap();
+    let mut read = 0;
+    while read < 100 {
+        let pulled = tokio::time::timeout(WAIT, a.pull(100))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        read += pulled.items.len();
+        std::mem::forget(pulled.items);
+        // The ack is dropped unfinished: the entries stay pending for `a`.
+    }
+    drop(a);
+    // Trimming deletes the oldest 50 though they were never acknowledged.
+    let _: i64 = redis::cmd("XTRIM")
+        .arg("in")
+        .arg("MAXLEN")
+        .arg(50)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pending(&mut c, "in", "g").await, 100);
+
+    // Consumer `b` takes over `a`'s entries after min-idle: XAUTOCLAIM reports the
+    // deleted ones.
+    let b = quick(server.config(), "in", "g", "b").build().unwrap();
+    let progress = b.progress();
+    let (sink, out) = sink::collect::<StreamEntry>();
+    let handle = Pipeline::builder("after_trim").source(b).sink(sink).spawn();
+    eventually(WAIT, "the 50 surviving entries delivered", || {
+        out.len() >= 50
+    })
+    .await;
+    eventually(WAIT, "the 50 trimmed entries counted", || {
+        progress.trimmed() >= 50
+    })
+    .await;
+    handle.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, progress.settled())
+        .await
+        .unwrap();
+    let mut ns: Vec<u64> = out.take().iter().map(n_of).collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (50..100).collect::<Vec<_>>());
+    assert_eq!(progress.trimmed(), 50);
+    assert_eq!(
+        progress.reclaimed(),
+        50,
+        "only the surviving entries are claimed"
+    );
+    assert_eq!(pending(&mut c, "in", "g").await, 0);
+
+    // A consumer's own pending entries deleted while it was away: found by its re-read.
+    let ids = produce(&mut c, "in", 100..110).await;
+    let mut a = quick(server.config(), "in", "g", "a").build().unwrap();
+    let pulled = tokio::time::timeout(WAIT, a.pull(10))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pulled.items.len(), 10);
+    drop(pulled);
+    drop(a);
+    let mut del = redis::cmd("XDEL");
+    del.arg("in");
+    for id in &ids[..4] {
+        del.arg(id);
+    }
+    let _: i64 = del.query_async(&mut c).await.unwrap();
+    let mut a = quick(server.config(), "in", "g", "a")
+        .min_idle(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let progress = a.progress();
+    let pulled = tokio::time::timeout(WAIT, a.pull(10))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pulled.items.len(), 6);
+    assert_eq!(progress.trimmed(), 4);
+    drop(pulled);
+}
