@@ -141,12 +141,19 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(config.backlog_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut failures = 0u64;
+    let mut retry_in = Duration::from_millis(50);
     loop {
         let batch = std::mem::take(&mut shared.ledger().to_ack);
         if !batch.is_empty() {
             match xack(&mut conn, &config, &batch).await {
                 Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(source = %config.name, failures, "XACK works again");
+                    }
                     failing_since = None;
+                    failures = 0;
+                    retry_in = Duration::from_millis(50);
                     {
                         let mut ledger = shared.ledger();
                         for id in &batch {
@@ -162,7 +169,13 @@ pub(crate) async fn run(
                 }
                 Err(error) => {
                     shared.counters.ack_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(source = %config.name, ids = batch.len(), %error, "XACK failed; retrying (the entries stay pending meanwhile)");
+                    // One warning per outage, not one per retry.
+                    if failures == 0 {
+                        tracing::warn!(source = %config.name, ids = batch.len(), %error, "XACK failed; retrying with backoff (the entries stay pending meanwhile)");
+                    } else {
+                        tracing::debug!(source = %config.name, ids = batch.len(), %error, failures, "XACK failed again");
+                    }
+                    failures += 1;
                     // Back in front: order does not matter to XACK, but nothing is lost.
                     shared.ledger().to_ack.splice(0..0, batch);
                     let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
@@ -171,7 +184,8 @@ pub(crate) async fn run(
                         tracing::warn!(source = %config.name, ids = left, "giving up on XACK after the source ended; these entries stay pending and will be redelivered");
                         return;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(retry_in).await;
+                    retry_in = (retry_in * 2).min(Duration::from_secs(1));
                     continue;
                 }
             }

@@ -376,7 +376,7 @@ impl StreamSource {
         let new = claimed.iter().filter(|id| !held.held.contains(id)).count();
         drop(held);
         if new > 0 {
-            tracing::info!(source = %s.name, entries = new, "took over idle entries of other consumers");
+            tracing::info!(source = %s.name, entries = new, "took over idle pending entries (of dead consumers, or lost in flight)");
             self.shared
                 .counters
                 .reclaimed
