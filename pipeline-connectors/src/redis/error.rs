@@ -34,6 +34,8 @@ pub enum ConnectorError {
         target: String,
         /// What the client reported.
         detail: String,
+        /// The server's error code, if it sent one (`LOADING`, `NOGROUP`, ...).
+        code: Option<String>,
     },
     /// The server answered something this connector does not understand.
     #[error("redis {connector}: unexpected reply to {op}: {detail}")]
@@ -51,6 +53,14 @@ impl ConnectorError {
     /// Whether retrying can help without a configuration change.
     pub fn is_transient(&self) -> bool {
         matches!(self, ConnectorError::Transient { .. })
+    }
+
+    /// The server's error code, if any.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ConnectorError::Transient { code, .. } => code.as_deref(),
+            _ => None,
+        }
     }
 
     /// Classifies a client error from `op` on `target`.
@@ -74,6 +84,7 @@ impl ConnectorError {
                 op,
                 target: target.to_owned(),
                 detail: e.to_string(),
+                code: e.code().map(str::to_owned),
             }
         }
     }

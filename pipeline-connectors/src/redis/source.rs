@@ -214,13 +214,7 @@ impl StreamSource {
         let mut c = self.reader.get().await?;
         let reply: redis::Value = match cmd.query_async(&mut c).await {
             Ok(v) => v,
-            Err(e) => {
-                if e.code() == Some("NOGROUP") {
-                    // The stream or group was deleted (or the server restarted empty).
-                    self.group_ready = false;
-                }
-                return Err(self.reader.failed("XREADGROUP", &e));
-            }
+            Err(e) => return Err(self.reader.failed("XREADGROUP", &e)),
         };
         let raw = parse_read(&reply).ok_or_else(|| {
             ConnectorError::protocol(self.reader.connector(), "XREADGROUP", "not a stream reply")
@@ -493,7 +487,10 @@ impl Source for StreamSource {
             Err(e) => {
                 // Whatever was in flight may now sit in our pending list.
                 self.scan = Some(EntryId::default());
-                if matches!(e, ConnectorError::Auth { .. }) {
+                // The stream or group was deleted, or the server restarted empty: create
+                // the group again on the next pull.
+                if e.code() == Some("NOGROUP") {
+                    tracing::warn!(source = %self.settings.name, "the consumer group is gone; creating it again");
                     self.group_ready = false;
                 }
                 Err(Box::new(e))

@@ -194,7 +194,7 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
-        let host = if self.tls { "localhost" } else { "127.0.0.1" };
+        let host = "127.0.0.1";
         match &self.password {
             Some(p) => format!("{scheme}://:{p}@{host}:{}", self.port),
             None => format!("{scheme}://{host}:{}", self.port),
