@@ -2,6 +2,7 @@
 //! logs, reports, the topology or `Debug`; a wrong one fails clearly and quickly; TLS
 //! through rustls with a CA made at test time.
 #![cfg(feature = "redis")]
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod redis_support;
 
@@ -148,8 +149,7 @@ async fn a_wrong_password_fails_clearly_quickly_and_without_a_retry_storm() {
     let err = tokio::time::timeout(Duration::from_secs(5), source.pull(10))
         .await
         .expect("a wrong password must not hang")
-        .err()
-        .expect("a wrong password must fail");
+        .expect_err("a wrong password must fail");
     let text = err.to_string();
     eprintln!("error after {:?}: {text}", started.elapsed());
     assert!(text.contains("authentication failed"), "{text}");
@@ -247,7 +247,6 @@ async fn tls_with_rustls_and_a_private_ca() {
     let err = tokio::time::timeout(Duration::from_secs(5), source.pull(10))
         .await
         .expect("no hang")
-        .err()
-        .expect("an untrusted certificate must fail");
+        .expect_err("an untrusted certificate must fail");
     eprintln!("untrusted: {err}");
 }

@@ -1,6 +1,7 @@
 //! Crashes against a real, private redis-server: a worker process killed with `kill -9`,
 //! a restarted consumer, a broker restart and a broker outage under load.
 #![cfg(feature = "redis")]
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod redis_support;
 
@@ -100,10 +101,10 @@ async fn pending_of(c: &mut redis::aio::MultiplexedConnection, consumer: &str) -
     let mut ids = HashSet::new();
     if let redis::Value::Array(rows) = v {
         for row in rows {
-            if let redis::Value::Array(parts) = row {
-                if let Some(redis::Value::BulkString(id)) = parts.first() {
-                    ids.insert(String::from_utf8_lossy(id).into_owned());
-                }
+            if let redis::Value::Array(parts) = row
+                && let Some(redis::Value::BulkString(id)) = parts.first()
+            {
+                ids.insert(String::from_utf8_lossy(id).into_owned());
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The stream source and sink against a real, private redis-server: delivery, acks after
 //! the final outcome, abandoned entries, poison entries, trimmed entries, backlog.
 #![cfg(feature = "redis")]
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod redis_support;
 

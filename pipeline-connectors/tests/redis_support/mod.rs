@@ -1,6 +1,6 @@
 //! Test support: a private `redis-server` on a free loopback port, killed on drop, and
 //! small helpers around it. A server that cannot start fails the test (never skips it).
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::expect_used, clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -141,10 +141,10 @@ impl RedisServer {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("redis-server exited at start: {status}");
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("redis-server exited at start: {status}");
             }
             if self.answers() {
                 return;
