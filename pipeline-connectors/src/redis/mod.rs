@@ -17,7 +17,9 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use pipeline_core::prelude::*;
-//! use pipeline_connectors::redis::{RedisConfig, StreamEntry, StreamRecord, StreamSink, StreamSource};
+//! use pipeline_connectors::redis::{
+//!     DecodeError, RedisConfig, StreamEntry, StreamRecord, StreamSink, StreamSource,
+//! };
 //!
 //! let redis = RedisConfig::new("redis://127.0.0.1:6379")?;
 //! let source = StreamSource::builder(redis.clone(), "orders", "billing", "worker-1")
@@ -30,8 +32,10 @@
 //!     // A malformed entry fails here: it is dead-lettered by the pipeline and acked.
 //!     .stage(stage::map_fn("parse", |e: StreamEntry| async move {
 //!         let order: serde_json::Value = e.json("body")?;
-//!         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-//!             StreamRecord::json("body", &order)?.field("source_id", e.id.to_string()),
+//!         Ok::<_, DecodeError>(
+//!             StreamRecord::new()
+//!                 .field("body", order.to_string())
+//!                 .field("source_id", e.id.to_string()),
 //!         )
 //!     }))
 //!     .sink(StreamSink::new(redis, "billed")?)
