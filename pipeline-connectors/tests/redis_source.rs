@@ -374,3 +374,53 @@ async fn trimmed_pending_entries_are_counted_not_lost_silently() {
     assert_eq!(progress.trimmed(), 4);
     drop(pulled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_written_before_is_not_written_twice() {
+    let server = RedisServer::start();
+    let mut c = server.conn().await;
+    let ids = produce(&mut c, "in", 0..3).await;
+    // As if an earlier run had copied entry 1 and its reply was lost: the index knows it.
+    let _: i64 = redis::cmd("HSET")
+        .arg("in:dlq:index")
+        .arg(&ids[1])
+        .arg(2)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let source = quick(server.config(), "in", "g", "c1")
+        .max_deliveries(1)
+        .build()
+        .unwrap();
+    let progress = source.progress();
+    let (sink, out) = sink::collect();
+    let dead = sink::for_each(|_d: DeadLetter| async { Err::<(), _>("dead-letter sink down") });
+    let handle = Pipeline::builder("poison_again")
+        .source(source)
+        .stage(stage::map_fn("rejects_1", |e: StreamEntry| async move {
+            if n_of(&e) == 1 {
+                Err(pipeline_core::error::Message("poison".into()))
+            } else {
+                Ok(e)
+            }
+        }))
+        .sink(sink)
+        .dead_letter(dead)
+        .spawn();
+    eventually(WAIT, "entry 1 settled by the source", || {
+        progress.dead_lettered() >= 1
+    })
+    .await;
+    eventually(WAIT, "the rest delivered", || out.len() >= 2).await;
+    handle.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, progress.settled())
+        .await
+        .unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg("in:dlq")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "already dead-lettered: not copied again");
+    assert_eq!(pending(&mut c, "in", "g").await, 0, "but acknowledged");
+}
