@@ -9,9 +9,10 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use pipeline_connectors::redis::{StreamEntry, StreamRecord, StreamSink};
+use pipeline_connectors::redis::{MaxLen, StreamEntry, StreamRecord, StreamSink};
 use pipeline_core::DeadLetter;
 use pipeline_core::prelude::*;
+use pipeline_core::sink::Sink;
 use pipeline_core::source::Source;
 use redis_support::*;
 
@@ -58,6 +59,8 @@ async fn delivers_every_entry_once_and_leaves_nothing_pending() {
     assert!(report.is_balanced(), "{report}");
     assert_eq!(report.delivered, n);
     assert_eq!(progress.acked(), n);
+    // The acknowledging task ends with the pipeline, though `progress` is still held.
+    eventually(WAIT, "the acker task ended", || progress.is_finished()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,6 +107,25 @@ async fn sink_appends_every_item_with_xadd() {
     assert_eq!(len, n);
     assert!(report.is_balanced());
     assert_eq!(pending(&mut c, "in", "g").await, 0);
+
+    // MAXLEN caps the target stream.
+    let mut capped = StreamSink::new(server.config(), "capped")
+        .unwrap()
+        .with_max_len(MaxLen::Exact(10));
+    let mut batch: Vec<StreamRecord> = (0..100)
+        .map(|i| StreamRecord::new().field("i", i.to_string()))
+        .collect();
+    capped.write(&mut batch).await.unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg("capped")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(len, 10);
+    // A record without fields fails alone.
+    let mut batch = vec![StreamRecord::new().field("a", "1"), StreamRecord::new()];
+    let err = capped.write(&mut batch).await.unwrap_err();
+    assert_eq!(err.failed, Some(vec![1]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

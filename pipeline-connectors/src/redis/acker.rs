@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     pub(crate) progress: Notify,
     pub(crate) counters: Counters,
     pub(crate) source_dropped: std::sync::atomic::AtomicBool,
+    /// Pulled batches whose ack has not run (or been dropped) yet.
+    pub(crate) outstanding: AtomicU64,
+    /// The acker task has ended.
+    pub(crate) acker_done: std::sync::atomic::AtomicBool,
 }
 
 /// Counters of one source; read through [`SourceProgress`].
@@ -98,11 +102,16 @@ impl Shared {
 /// failed": the entries stay pending and come again).
 #[derive(Debug)]
 pub(crate) struct BatchGuard {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) ids: Vec<EntryId>,
+    shared: Arc<Shared>,
+    ids: Vec<EntryId>,
 }
 
 impl BatchGuard {
+    pub(crate) fn new(shared: Arc<Shared>, ids: Vec<EntryId>) -> Self {
+        shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        BatchGuard { shared, ids }
+    }
+
     pub(crate) fn settle(mut self, outcomes: &[Outcome]) {
         let ids = std::mem::take(&mut self.ids);
         self.shared.settle(&ids, outcomes);
@@ -111,10 +120,12 @@ impl BatchGuard {
 
 impl Drop for BatchGuard {
     fn drop(&mut self) {
-        if !self.ids.is_empty() {
-            let ids = std::mem::take(&mut self.ids);
+        let ids = std::mem::take(&mut self.ids);
+        if !ids.is_empty() {
             self.shared.settle(&ids, &[]);
         }
+        self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.shared.wake_acker.notify_one();
     }
 }
 
@@ -132,12 +143,13 @@ pub(crate) struct AckerConfig {
 /// Ends once the source and every ack callback are gone and nothing is left to ack (or
 /// the server stayed unreachable for `drain_timeout` after that: those entries stay
 /// pending and are redelivered).
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut conn: Conn,
-    config: AckerConfig,
-    backlog: Backlog,
-) {
+pub(crate) async fn run(shared: Arc<Shared>, conn: Conn, config: AckerConfig, backlog: Backlog) {
+    ack_loop(&shared, conn, config, backlog).await;
+    shared.acker_done.store(true, Ordering::Release);
+    shared.progress.notify_waiters();
+}
+
+async fn ack_loop(shared: &Shared, mut conn: Conn, config: AckerConfig, backlog: Backlog) {
     let mut tick = tokio::time::interval(config.backlog_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<tokio::time::Instant> = None;
@@ -179,7 +191,7 @@ pub(crate) async fn run(
                     // Back in front: order does not matter to XACK, but nothing is lost.
                     shared.ledger().to_ack.splice(0..0, batch);
                     let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                    if orphaned(&shared) && since.elapsed() >= config.drain_timeout {
+                    if orphaned(shared) && since.elapsed() >= config.drain_timeout {
                         let left = shared.ledger().to_ack.len();
                         tracing::warn!(source = %config.name, ids = left, "giving up on XACK after the source ended; these entries stay pending and will be redelivered");
                         return;
@@ -190,7 +202,7 @@ pub(crate) async fn run(
                 }
             }
         }
-        if orphaned(&shared) && shared.ledger().to_ack.is_empty() {
+        if orphaned(shared) && shared.ledger().to_ack.is_empty() {
             return;
         }
         tokio::select! {
@@ -201,8 +213,8 @@ pub(crate) async fn run(
 }
 
 /// The source and every ack callback are gone: nothing new can arrive.
-fn orphaned(shared: &Arc<Shared>) -> bool {
-    shared.source_dropped.load(Ordering::Acquire) && Arc::strong_count(shared) == 1
+fn orphaned(shared: &Shared) -> bool {
+    shared.source_dropped.load(Ordering::Acquire) && shared.outstanding.load(Ordering::Acquire) == 0
 }
 
 async fn xack(conn: &mut Conn, config: &AckerConfig, ids: &[EntryId]) -> Result<(), String> {
@@ -315,6 +327,13 @@ impl SourceProgress {
     /// Failed `XACK` round trips (each retried).
     pub fn ack_errors(&self) -> u64 {
         Self::get(&self.shared.counters.ack_errors)
+    }
+
+    /// Whether the acknowledging task has ended: the source was dropped and every
+    /// entry it emitted was acknowledged or released (or the server stayed unreachable
+    /// past the drain timeout).
+    pub fn is_finished(&self) -> bool {
+        self.shared.acker_done.load(Ordering::Acquire)
     }
 
     /// Entries emitted and not yet acknowledged or released.

@@ -455,10 +455,7 @@ impl StreamSource {
             .counters
             .read
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        let guard = BatchGuard {
-            shared: Arc::clone(&self.shared),
-            ids,
-        };
+        let guard = BatchGuard::new(Arc::clone(&self.shared), ids);
         let ack = Ack::new(move |outcomes| guard.settle(outcomes));
         Pulled::with_ack(entries, ack)
     }
