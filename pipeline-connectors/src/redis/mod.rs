@@ -62,13 +62,14 @@ mod dead_letter;
 mod entry;
 mod error;
 mod options;
+mod progress;
 mod sink;
 mod source;
 
-pub use acker::SourceProgress;
 pub use config::RedisConfig;
 pub use entry::{BadEntryId, DecodeError, EntryId, StreamEntry};
 pub use error::ConnectorError;
 pub use options::{StartFrom, StreamSourceBuilder};
+pub use progress::SourceProgress;
 pub use sink::{MaxLen, StreamRecord, StreamSink};
 pub use source::StreamSource;

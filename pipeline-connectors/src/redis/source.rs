@@ -10,7 +10,7 @@ use pipeline_core::ack::Ack;
 use pipeline_core::source::{Backlog, Pulled, Source};
 use tokio::time::Instant;
 
-use super::acker::{self, AckerConfig, BatchGuard, Shared, SourceProgress};
+use super::acker::{self, AckerConfig, BatchGuard, Shared};
 use super::config::RedisConfig;
 use super::conn::Conn;
 use super::dead_letter::{DeadLetters, Moved};
@@ -19,6 +19,7 @@ use super::entry::{
 };
 use super::error::ConnectorError;
 use super::options::{Settings, StartFrom, StreamSourceBuilder};
+use super::progress::SourceProgress;
 
 /// Page size when walking this consumer's pending list.
 const PENDING_PAGE: usize = 256;
