@@ -446,3 +446,47 @@ async fn a_dead_letter_written_before_is_not_written_twice() {
     assert_eq!(len, 0, "already dead-lettered: not copied again");
     assert_eq!(pending(&mut c, "in", "g").await, 0, "but acknowledged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_payload_is_a_dead_letter_not_a_crash() {
+    let server = RedisServer::start();
+    let mut c = server.conn().await;
+    for body in [r#"{"qty": 1}"#, "{not json", r#"{"qty": 3}"#] {
+        let _: String = redis::cmd("XADD")
+            .arg("in")
+            .arg("*")
+            .arg("body")
+            .arg(body)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let source = quick(server.config(), "in", "g", "c1").build().unwrap();
+    let progress = source.progress();
+    let (sink, out) = sink::collect();
+    let (dead, dead_letters) = sink::collect::<DeadLetter>();
+    let handle = Pipeline::builder("decode")
+        .source(source)
+        .stage(stage::map_fn("decode", |e: StreamEntry| async move {
+            e.json::<serde_json::Value>("body")
+        }))
+        .sink(sink)
+        .dead_letter(dead)
+        .spawn();
+    eventually(WAIT, "all three settled", || {
+        out.len() + dead_letters.len() >= 3
+    })
+    .await;
+    let report = handle.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, progress.settled())
+        .await
+        .unwrap();
+    assert_eq!((report.delivered, report.dead_lettered), (2, 1), "{report}");
+    let dl = dead_letters.take();
+    assert!(
+        dl[0].error.contains("field `body` is not valid"),
+        "{:?}",
+        dl[0]
+    );
+    assert_eq!(pending(&mut c, "in", "g").await, 0);
+}
