@@ -39,7 +39,8 @@ impl SourceProgress {
         Self::get(&self.shared.counters.redelivered)
     }
 
-    /// Entries taken over from idle consumers with `XAUTOCLAIM`.
+    /// Idle pending entries taken over with `XAUTOCLAIM`: a dead consumer's, or this
+    /// source's own that came back negative or were lost in flight.
     pub fn reclaimed(&self) -> u64 {
         Self::get(&self.shared.counters.reclaimed)
     }

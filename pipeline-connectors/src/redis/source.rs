@@ -30,7 +30,9 @@ const PENDING_PAGE: usize = 256;
 ///   pipeline stops reading and the entries wait in Redis.
 /// - **Acks**: an entry is `XACK`ed only once its final outcome is `Delivered`,
 ///   `Filtered`, `Dropped` or `DeadLettered` (by a background task, in batches). A
-///   `Failed` or `Abandoned` entry stays pending and is delivered again.
+///   `Failed` or `Abandoned` entry stays pending and is delivered again: by this source
+///   as soon as it is idle, or after `min_idle` at the latest (by whichever consumer's
+///   reclaimer finds it first).
 /// - **Recovery**: at start, after every reconnect, read error or timeout, and when idle
 ///   after negative outcomes, the source walks its own pending list and delivers again
 ///   what is not in flight. Every `reclaim_every` it takes over entries other consumers
