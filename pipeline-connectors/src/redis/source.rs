@@ -235,6 +235,13 @@ impl StreamSource {
     /// Walks this consumer's pending list from `cursor`, claiming (and so delivering
     /// again) up to `count` entries not in flight here. Poison entries go to the
     /// dead-letter stream, deleted ones are counted as trimmed.
+    ///
+    /// This is the re-read of the own pending list, done as `XPENDING` + `XCLAIM` rather
+    /// than `XREADGROUP ... 0`: on Redis 7.0 a history read increments the delivery
+    /// count of every entry it returns, those still in flight here included, so counts
+    /// would grow with every reconnect and healthy entries would look poisoned.
+    /// `XPENDING` has no side effect; `XCLAIM` (to ourselves) counts exactly one delivery
+    /// for each entry that really is delivered again, and leaves deleted entries out.
     async fn scan_pending(
         &mut self,
         mut cursor: EntryId,
