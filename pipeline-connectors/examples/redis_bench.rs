@@ -8,6 +8,11 @@
 //!
 //! Without `--url` it starts a private `redis-server` (from `PATH`) on a free port and
 //! stops it at the end. Run release builds only; debug numbers mean nothing.
+//!
+//! Measured once (December 2026, 2 shared cores, redis-server 7.0.15, 200 000 entries of
+//! ~110 bytes): hand loop 107-150k entries/s, pipeline 124-143k entries/s, ratio
+//! 0.95-1.15 over two runs (the pipeline overlaps reads, writes and acks; the loop does
+//! them in turn).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
