@@ -9,3 +9,6 @@
 //! | `redis` | `redis` | Redis Streams: a consumer-group source (at-least-once) and an `XADD` sink |
 //! | `nats` | `nats` | NATS JetStream: a durable pull-consumer source (at-least-once) and a publishing sink |
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "nats")]
+pub mod nats;

@@ -1,0 +1,520 @@
+//! The JetStream source: a durable pull consumer, fetched only as far as downstream credit
+//! allows, acknowledged after each item's final outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use futures::StreamExt;
+use pipeline_core::BoxError;
+use pipeline_core::ack::{Ack, Outcome};
+use pipeline_core::source::{Backlog, Pulled, Source};
+
+use super::acker::{self, Done, Held, Shared};
+use super::config::{NatsConfig, NatsError};
+
+/// One JetStream message as a pipeline item. Cheap to clone (the payload and subject are
+/// reference counted). The message's ack handle stays with the source, not the item.
+#[derive(Debug, Clone)]
+pub struct NatsMessage {
+    /// The subject it was published on.
+    pub subject: Subject,
+    /// The payload.
+    pub payload: Bytes,
+    /// Its headers, if any.
+    pub headers: Option<HeaderMap>,
+    /// The stream it came from.
+    pub stream: Arc<str>,
+    /// Its sequence in the stream: unique and stable across redeliveries, the
+    /// idempotency key for sinks.
+    pub stream_sequence: u64,
+    /// How many times it has been delivered, this time included.
+    pub delivered: u64,
+}
+
+impl NatsMessage {
+    /// An idempotency key: `"{stream}:{stream_sequence}"`.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.stream, self.stream_sequence)
+    }
+
+    /// Decodes the payload as JSON. Use it in a stage so a malformed payload fails that
+    /// item (and is dead-lettered, then acked), never the pipeline.
+    ///
+    /// # Errors
+    ///
+    /// The decoder's error, naming the line and column.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.payload)
+    }
+}
+
+/// What the source creates or binds, and how it acknowledges.
+///
+/// `max_deliveries` is ours: a message that failed on its last allowed delivery is
+/// published to the dead-letter subject (with `Nats-Msg-Id` = `"{stream}:{sequence}"`, so
+/// a repeat is de-duplicated) and then terminated. The server's `MaxDeliver` is set a few
+/// deliveries higher, as a backstop only: it never ends a message silently.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// The stream to read.
+    pub stream: String,
+    /// Subjects of the stream, used only when the stream does not exist yet (then it is
+    /// created with them); empty = bind to an existing stream only.
+    pub subjects: Vec<String>,
+    /// The durable consumer's name; every process with the same name shares the work.
+    pub durable: String,
+    /// Only messages on this subject (wildcards allowed); empty = all.
+    pub filter_subject: String,
+    /// How long the server waits for an ack before redelivering. In-progress acks are
+    /// sent for messages held longer than a third of it. Default 30 s.
+    pub ack_wait: Duration,
+    /// Deliveries allowed before the message is dead-lettered. Default 5.
+    pub max_deliveries: u32,
+    /// The first nak delay; doubled per delivery up to `max_nak_delay`. Default 1 s.
+    pub nak_delay: Duration,
+    /// The longest nak delay. Default 60 s.
+    pub max_nak_delay: Duration,
+    /// Where dead letters go. Default `"dlq.{stream}"`.
+    pub dead_letter_subject: String,
+    /// A stream capturing `dead_letter_subject`, created if missing; `None`: the subject
+    /// must already be captured by a stream. Default `"{stream}_DLQ"`.
+    pub dead_letter_stream: Option<String>,
+    /// How long one fetch waits for a first message when none is ready (the server holds
+    /// the pull request this long; the client gives up a little later). Default 2 s.
+    pub fetch_wait: Duration,
+    /// How often consumer info (lag, ack pending) is read for [`Backlog`]. Default 5 s.
+    pub backlog_every: Duration,
+    /// The source's name in stats and the topology. Default `"nats"`.
+    pub name: String,
+}
+
+impl SourceOptions {
+    /// Reads `stream` through the durable consumer `durable`, with the defaults above.
+    pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
+        let stream = stream.into();
+        SourceOptions {
+            subjects: Vec::new(),
+            durable: durable.into(),
+            filter_subject: String::new(),
+            ack_wait: Duration::from_secs(30),
+            max_deliveries: 5,
+            nak_delay: Duration::from_secs(1),
+            max_nak_delay: Duration::from_secs(60),
+            dead_letter_subject: format!("dlq.{stream}"),
+            dead_letter_stream: Some(format!("{stream}_DLQ")),
+            fetch_wait: Duration::from_secs(2),
+            backlog_every: Duration::from_secs(5),
+            name: "nats".to_owned(),
+            stream,
+        }
+    }
+
+    /// Creates the stream with these subjects if it does not exist.
+    pub fn with_subjects<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        subjects: I,
+    ) -> Self {
+        self.subjects = subjects.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// See [`filter_subject`](Self::filter_subject).
+    pub fn with_filter_subject(mut self, subject: impl Into<String>) -> Self {
+        self.filter_subject = subject.into();
+        self
+    }
+
+    /// See [`ack_wait`](Self::ack_wait).
+    pub fn with_ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+
+    /// See [`max_deliveries`](Self::max_deliveries) (at least 1).
+    pub fn with_max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
+    /// See [`nak_delay`](Self::nak_delay) and [`max_nak_delay`](Self::max_nak_delay).
+    pub fn with_nak_delay(mut self, first: Duration, max: Duration) -> Self {
+        self.nak_delay = first;
+        self.max_nak_delay = max.max(first);
+        self
+    }
+
+    /// See [`dead_letter_subject`](Self::dead_letter_subject) and
+    /// [`dead_letter_stream`](Self::dead_letter_stream).
+    pub fn with_dead_letter(mut self, subject: impl Into<String>, stream: Option<String>) -> Self {
+        self.dead_letter_subject = subject.into();
+        self.dead_letter_stream = stream;
+        self
+    }
+
+    /// See [`fetch_wait`](Self::fetch_wait).
+    pub fn with_fetch_wait(mut self, wait: Duration) -> Self {
+        self.fetch_wait = wait.max(Duration::from_millis(10));
+        self
+    }
+
+    /// See [`backlog_every`](Self::backlog_every).
+    pub fn with_backlog_every(mut self, every: Duration) -> Self {
+        self.backlog_every = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// See [`name`](Self::name).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The server-side `MaxDeliver`: ours plus headroom for failed dead-letter writes.
+    fn server_max_deliver(&self) -> i64 {
+        i64::from(self.max_deliveries) + DLQ_HEADROOM
+    }
+}
+
+/// Deliveries past our limit the server still allows, so a dead-letter publish that
+/// failed can be retried on a later delivery.
+const DLQ_HEADROOM: i64 = 5;
+
+/// A JetStream durable pull consumer as a pipeline [`Source`]. See the
+/// [module docs](super) for the delivery guarantees.
+pub struct JetStreamSource {
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    shared: Arc<Shared>,
+    stream: Arc<str>,
+    fetch_wait: Duration,
+    max_deliveries: u64,
+    next_batch: u64,
+    name: String,
+    backlog: Backlog,
+}
+
+impl std::fmt::Debug for JetStreamSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamSource")
+            .field("name", &self.name)
+            .field("stream", &self.stream)
+            .field("durable", &self.shared.durable)
+            .field("held", &self.shared.held_len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cloneable view of a running source's acknowledgements, kept after the source is
+/// moved into a pipeline.
+#[derive(Debug, Clone)]
+pub struct AckHandle {
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+}
+
+impl AckHandle {
+    /// Messages pulled and not yet acknowledged, nak'd or terminated by this process.
+    pub fn held(&self) -> usize {
+        self.shared.held_len()
+    }
+
+    /// What the acker has sent so far.
+    pub fn counts(&self) -> AckCounts {
+        self.shared.counts()
+    }
+
+    /// Waits (at most `within`) until every message pulled has been answered and the
+    /// answers flushed to the server. Call it after the pipeline's shutdown returned,
+    /// before the process exits. Returns whether everything was answered in time.
+    pub async fn settle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.shared.is_idle() {
+                // Acks are buffered by the client: push them out.
+                return tokio::time::timeout_at(deadline, self.client.flush())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout_at(deadline, self.shared.settled.notified()).await;
+        }
+    }
+}
+
+/// Answers sent by a source's acker, for tests and monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckCounts {
+    /// Positive acks.
+    pub acked: u64,
+    /// Negative acks (redelivered after a delay).
+    pub naked: u64,
+    /// Messages published to the dead-letter subject and then terminated.
+    pub dead_lettered: u64,
+    /// In-progress acks sent for messages held long.
+    pub progress: u64,
+    /// Dead-letter publishes that failed (the message was nak'd instead).
+    pub dead_letter_failures: u64,
+}
+
+impl JetStreamSource {
+    /// Connects, creates or binds the stream, the dead-letter stream and the durable
+    /// consumer (explicit acks), and starts the acker task on the current runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Connect`] (within the connect timeout: a wrong password fails at
+    /// once) or [`NatsError::Setup`].
+    pub async fn connect(config: &NatsConfig, options: SourceOptions) -> Result<Self, NatsError> {
+        let client = config.connect(&options.name).await?;
+        Self::with_client(client, config.request_timeout, options).await
+    }
+
+    /// As [`connect`](Self::connect) on a client the caller made.
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Setup`].
+    pub async fn with_client(
+        client: async_nats::Client,
+        request_timeout: Duration,
+        options: SourceOptions,
+    ) -> Result<Self, NatsError> {
+        let name = options.name.clone();
+        let setup = |what: &str, e: &dyn std::fmt::Display| NatsError::setup(&name, what, e);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(request_timeout)
+            .build(client.clone());
+        let stream = if options.subjects.is_empty() {
+            js.get_stream(&options.stream)
+                .await
+                .map_err(|e| setup(&format!("stream `{}`", options.stream), &e))?
+        } else {
+            js.get_or_create_stream(stream::Config {
+                name: options.stream.clone(),
+                subjects: options.subjects.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(&format!("stream `{}`", options.stream), &e))?
+        };
+        if let Some(dlq) = &options.dead_letter_stream {
+            js.get_or_create_stream(stream::Config {
+                name: dlq.clone(),
+                subjects: vec![options.dead_letter_subject.clone()],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(&format!("dead-letter stream `{dlq}`"), &e))?;
+        }
+        // Only fields nats-server 2.9 knows: it ignores newer ones silently.
+        let consumer: consumer::Consumer<consumer::pull::Config> = stream
+            .get_or_create_consumer(
+                &options.durable,
+                consumer::pull::Config {
+                    durable_name: Some(options.durable.clone()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: options.ack_wait,
+                    max_deliver: options.server_max_deliver(),
+                    filter_subject: options.filter_subject.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| setup(&format!("consumer `{}`", options.durable), &e))?;
+        let backlog = Backlog::new();
+        let shared = Arc::new(Shared::new(
+            &options,
+            js,
+            options.server_max_deliver() as u64,
+        ));
+        tokio::spawn(acker::run(
+            Arc::clone(&shared),
+            client,
+            consumer.clone(),
+            backlog.clone(),
+        ));
+        Ok(JetStreamSource {
+            consumer,
+            shared,
+            stream: Arc::from(options.stream.as_str()),
+            fetch_wait: options.fetch_wait,
+            max_deliveries: u64::from(options.max_deliveries),
+            next_batch: 0,
+            name,
+            backlog,
+        })
+    }
+
+    /// A handle on this source's acknowledgements, to await them at shutdown.
+    pub fn ack_handle(&self) -> AckHandle {
+        AckHandle {
+            shared: Arc::clone(&self.shared),
+            client: self.shared.js.client(),
+        }
+    }
+
+    /// Up to `max` messages, waiting at most `fetch_wait` (plus the client's slack) for
+    /// the first. An empty answer is `Ok(empty)`.
+    async fn fetch(&self, max: usize) -> Result<Vec<jetstream::Message>, BoxError> {
+        // First what is ready now (no_wait): never more than downstream credit, so no
+        // message waits in a client buffer while its AckWait runs.
+        let mut got = self
+            .take(self.consumer.fetch().max_messages(max), max)
+            .await?;
+        if got.is_empty() {
+            // Nothing ready: wait for one, then take whatever else is ready.
+            let wait = self
+                .consumer
+                .batch()
+                .max_messages(1)
+                .expires(self.fetch_wait);
+            got = self.take(wait, 1).await?;
+            if !got.is_empty() && max > 1 {
+                got.extend(
+                    self.take(self.consumer.fetch().max_messages(max - 1), max - 1)
+                        .await?,
+                );
+            }
+        }
+        Ok(got)
+    }
+
+    async fn take<B: IntoBatch>(
+        &self,
+        builder: B,
+        max: usize,
+    ) -> Result<Vec<jetstream::Message>, BoxError> {
+        // The client ends a batch 5 s after its expiry if the server's answer is lost
+        // (an outage it cannot see); this bounds it again, on our side.
+        let bound = self.fetch_wait + Duration::from_secs(6);
+        let fetch = async {
+            let mut batch = builder.start(self.fetch_wait).await?;
+            let mut got = Vec::with_capacity(max.min(256));
+            while let Some(msg) = batch.next().await {
+                got.push(msg?);
+            }
+            Ok::<_, BoxError>(got)
+        };
+        match tokio::time::timeout(bound, fetch).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "nats source `{}`: fetch timed out after {bound:?}",
+                self.name
+            )
+            .into()),
+        }
+    }
+}
+
+/// The two fetch builders, started the same way.
+trait IntoBatch {
+    fn start(
+        self,
+        expires: Duration,
+    ) -> impl std::future::Future<Output = Result<consumer::pull::Batch, BoxError>> + Send;
+}
+
+impl IntoBatch for consumer::pull::FetchBuilder<'_> {
+    async fn start(self, expires: Duration) -> Result<consumer::pull::Batch, BoxError> {
+        // An expiry even on no_wait requests, so the client always times the batch out.
+        Ok(self.expires(expires).messages().await?)
+    }
+}
+
+impl IntoBatch for consumer::pull::BatchBuilder<'_> {
+    async fn start(self, _expires: Duration) -> Result<consumer::pull::Batch, BoxError> {
+        Ok(self.messages().await?)
+    }
+}
+
+impl Source for JetStreamSource {
+    type Item = NatsMessage;
+
+    /// # Cancel safety
+    ///
+    /// Cancelling (at shutdown) drops at most one fetch's messages unanswered: the server
+    /// redelivers them after AckWait. Nothing is lost.
+    async fn pull(&mut self, max: usize) -> Result<Option<Pulled<NatsMessage>>, BoxError> {
+        let max = max.max(1);
+        loop {
+            let messages = self.fetch(max).await?;
+            if messages.is_empty() {
+                continue;
+            }
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            let mut items = Vec::with_capacity(messages.len());
+            let mut held = Vec::with_capacity(messages.len());
+            let mut lag = None;
+            for msg in messages {
+                let Ok(info) = msg.info() else {
+                    // Not a JetStream delivery: nothing to ack, nothing to process.
+                    tracing::warn!(source = %self.name, subject = %msg.subject, "message without JetStream metadata skipped");
+                    continue;
+                };
+                let (seq, delivered) = (info.stream_sequence, info.delivered.max(1) as u64);
+                lag = Some(info.pending);
+                let message = msg.message;
+                let Some(reply) = message.reply else {
+                    continue;
+                };
+                let h = Held {
+                    reply,
+                    sequence: seq,
+                    delivered,
+                    subject: message.subject.clone(),
+                    payload: message.payload.clone(),
+                    headers: message.headers.clone(),
+                };
+                if delivered > self.max_deliveries {
+                    // Past our limit already (a process died holding it, again and
+                    // again): dead-letter it without processing it once more.
+                    self.shared
+                        .push(Done::DeadLetter(h, "delivery limit exceeded"));
+                    continue;
+                }
+                items.push(NatsMessage {
+                    subject: message.subject,
+                    payload: message.payload,
+                    headers: message.headers,
+                    stream: Arc::clone(&self.stream),
+                    stream_sequence: seq,
+                    delivered,
+                });
+                held.push(h);
+            }
+            if let Some(lag) = lag {
+                self.backlog.set_lag(lag);
+            }
+            if items.is_empty() {
+                continue;
+            }
+            self.shared.hold(batch, held);
+            let shared = Arc::clone(&self.shared);
+            // Runs inline in whichever pipeline task finalizes the batch: one lock, one
+            // push, one wake-up; the acker task does the network part.
+            let ack = Ack::new(move |outcomes: &[Outcome]| {
+                shared.push(Done::Batch(batch, outcomes.to_vec()));
+            });
+            return Ok(Some(Pulled::with_ack(items, ack)));
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backlog(&self) -> Option<Backlog> {
+        Some(self.backlog.clone())
+    }
+}
+
+impl Drop for JetStreamSource {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
