@@ -15,7 +15,9 @@ use pipeline_core::sink::{Sink, WriteError};
 use support::*;
 
 fn id_of(m: &NatsMessage) -> u64 {
-    String::from_utf8_lossy(&m.payload).parse().expect("an id payload")
+    String::from_utf8_lossy(&m.payload)
+        .parse()
+        .expect("an id payload")
 }
 
 fn options(stream: &str, subject: &str) -> SourceOptions {
@@ -43,9 +45,12 @@ async fn every_message_is_delivered_once_and_acked() {
     create_stream(&js, "EVENTS", &["events.>"]).await;
     publish_ids(&js, "events.new", 0..N).await;
 
-    let source = JetStreamSource::connect(&NatsConfig::new(server.url()), options("EVENTS", "events.>"))
-        .await
-        .unwrap();
+    let source = JetStreamSource::connect(
+        &NatsConfig::new(server.url()),
+        options("EVENTS", "events.>"),
+    )
+    .await
+    .unwrap();
     let acks = source.ack_handle();
     let (sink, out) = sink::collect();
     let handle = Pipeline::builder("basic")
@@ -71,13 +76,22 @@ async fn every_message_is_delivered_once_and_acked() {
         "backlog: {:?}",
         handle.stats().stage("nats").map(|s| (s.lag, s.pending))
     );
-    let report = handle.shutdown_within(Duration::from_secs(5)).await.unwrap();
-    assert!(acks.settle(Duration::from_secs(5)).await, "acks not settled");
+    let report = handle
+        .shutdown_within(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        acks.settle(Duration::from_secs(5)).await,
+        "acks not settled"
+    );
     assert!(report.is_balanced(), "{report}");
     assert_eq!(report.delivered, N, "{report}");
     let seen = counts(out.take().into_iter().map(|(id, _)| id));
     assert_eq!(seen.len() as u64, N);
-    assert!(seen.values().all(|&n| n == 1), "duplicates within one process");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "duplicates within one process"
+    );
     assert_eq!(consumer_state(&js, "EVENTS", "workers").await, (0, 0));
     assert_eq!(acks.counts().acked, N);
 }
@@ -106,7 +120,9 @@ async fn dead_lettered_items_are_acked_and_abandoned_items_redelivered() {
     let config = NatsConfig::new(server.url());
 
     // 1. Every tenth item fails its stage and is dead-lettered by the pipeline: acked.
-    let source = JetStreamSource::connect(&config, options("JOBS", "jobs.>")).await.unwrap();
+    let source = JetStreamSource::connect(&config, options("JOBS", "jobs.>"))
+        .await
+        .unwrap();
     let acks = source.ack_handle();
     let (sink, out) = sink::collect();
     let (dead, dead_letters) = sink::collect();
@@ -114,22 +130,39 @@ async fn dead_lettered_items_are_acked_and_abandoned_items_redelivered() {
         .source(source)
         .stage(stage::map_fn("odd_job", |m: NatsMessage| async move {
             let id = id_of(&m);
-            if id % 10 == 0 { Err(pipeline_core::error::Message(format!("job {id} refused"))) } else { Ok(id) }
+            if id % 10 == 0 {
+                Err(pipeline_core::error::Message(format!("job {id} refused")))
+            } else {
+                Ok(id)
+            }
         }))
         .sink(sink)
         .dead_letter(dead)
         .spawn();
-    assert!(eventually(Duration::from_secs(20), || out.len() + dead_letters.len() >= N as usize).await);
-    let report = handle.shutdown_within(Duration::from_secs(5)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || out.len() + dead_letters.len()
+            >= N as usize)
+        .await
+    );
+    let report = handle
+        .shutdown_within(Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(acks.settle(Duration::from_secs(5)).await);
-    assert_eq!((report.delivered, report.dead_lettered), (N - N / 10, N / 10), "{report}");
+    assert_eq!(
+        (report.delivered, report.dead_lettered),
+        (N - N / 10, N / 10),
+        "{report}"
+    );
     assert_eq!(acks.counts().acked, N, "dead-lettered items are acked too");
     assert_eq!(consumer_state(&js, "JOBS", "workers").await, (0, 0));
 
     // 2. A stage that never finishes, and a forced shutdown: abandoned, nak'd, and the
     //    next consumer gets them at once.
     publish_ids(&js, "jobs.new", N..2 * N).await;
-    let source = JetStreamSource::connect(&config, options("JOBS", "jobs.>")).await.unwrap();
+    let source = JetStreamSource::connect(&config, options("JOBS", "jobs.>"))
+        .await
+        .unwrap();
     let acks = source.ack_handle();
     let (sink, stuck_out) = sink::collect::<u64>();
     let handle = Pipeline::builder("stuck")
@@ -141,7 +174,10 @@ async fn dead_lettered_items_are_acked_and_abandoned_items_redelivered() {
         .sink(sink)
         .spawn();
     assert!(eventually(Duration::from_secs(10), || handle.stats().in_flight > 0).await);
-    let report = handle.shutdown_within(Duration::from_millis(50)).await.unwrap();
+    let report = handle
+        .shutdown_within(Duration::from_millis(50))
+        .await
+        .unwrap();
     let abandoned = report.abandoned;
     assert!(abandoned > 0, "{report}");
     assert!(report.is_balanced(), "{report}");
@@ -150,7 +186,9 @@ async fn dead_lettered_items_are_acked_and_abandoned_items_redelivered() {
     assert_eq!(acks.counts().naked, report.abandoned);
     assert_eq!(acks.counts().acked, 0);
 
-    let source = JetStreamSource::connect(&config, options("JOBS", "jobs.>")).await.unwrap();
+    let source = JetStreamSource::connect(&config, options("JOBS", "jobs.>"))
+        .await
+        .unwrap();
     let acks = source.ack_handle();
     let (sink, out) = sink::collect();
     let handle = Pipeline::builder("next")
@@ -165,12 +203,24 @@ async fn dead_lettered_items_are_acked_and_abandoned_items_redelivered() {
         "the next consumer got {} of {N} (no AckWait wait: the nak is immediate)",
         out.len()
     );
-    let report = handle.shutdown_within(Duration::from_secs(5)).await.unwrap();
+    let report = handle
+        .shutdown_within(Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(acks.settle(Duration::from_secs(5)).await);
     let got = out.take();
     let redelivered = got.iter().filter(|(_, d)| *d > 1).count() as u64;
-    assert!(redelivered >= abandoned, "{redelivered} redelivered, {abandoned} abandoned");
-    assert_eq!(counts(got.iter().map(|(id, _)| *id)).keys().copied().collect::<Vec<_>>(), (N..2 * N).collect::<Vec<_>>());
+    assert!(
+        redelivered >= abandoned,
+        "{redelivered} redelivered, {abandoned} abandoned"
+    );
+    assert_eq!(
+        counts(got.iter().map(|(id, _)| *id))
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        (N..2 * N).collect::<Vec<_>>()
+    );
     assert!(report.is_balanced());
     assert_eq!(consumer_state(&js, "JOBS", "workers").await, (0, 0));
 }
@@ -197,7 +247,11 @@ async fn a_poison_message_is_dead_lettered_once_then_terminated() {
         .source(source)
         .stage(stage::map_fn("picky", |m: NatsMessage| async move {
             let id = id_of(&m);
-            if id == POISON { Err(pipeline_core::error::Message("poison".into())) } else { Ok(id) }
+            if id == POISON {
+                Err(pipeline_core::error::Message("poison".into()))
+            } else {
+                Ok(id)
+            }
         }))
         .sink(sink)
         .dead_letter(FailingDeadLetters)
@@ -209,13 +263,20 @@ async fn a_poison_message_is_dead_lettered_once_then_terminated() {
     );
     // Give any (wrong) further delivery a chance to show.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let report = handle.shutdown_within(Duration::from_secs(5)).await.unwrap();
+    let report = handle
+        .shutdown_within(Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(acks.settle(Duration::from_secs(5)).await);
     let c = acks.counts();
     assert_eq!((c.dead_lettered, c.naked, c.acked), (1, 2, N - 1), "{c:?}");
     assert_eq!(out.len() as u64, N - 1);
     assert_eq!(report.failed, 3, "{report}");
-    assert_eq!(stream_messages(&js, "POISON_DLQ").await, 1, "exactly one dead letter");
+    assert_eq!(
+        stream_messages(&js, "POISON_DLQ").await,
+        1,
+        "exactly one dead letter"
+    );
     let dlq = js.get_stream("POISON_DLQ").await.unwrap();
     let letter = dlq.get_raw_message(1).await.unwrap();
     assert_eq!(&letter.payload[..], POISON.to_string().as_bytes());
@@ -253,7 +314,10 @@ async fn work_longer_than_ack_wait_is_kept_alive_not_redelivered() {
     // Two rounds of 1.5 s each: the last items wait 3 s in all, three AckWaits.
     assert!(eventually(Duration::from_secs(15), || out.len() >= 4).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let report = handle.shutdown_within(Duration::from_secs(5)).await.unwrap();
+    let report = handle
+        .shutdown_within(Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(acks.settle(Duration::from_secs(5)).await);
     let got = out.take();
     assert_eq!(got.len(), 4, "redelivered: {got:?}");

@@ -97,6 +97,9 @@ pub struct NatsConfig {
     /// Bound on JetStream API requests (stream and consumer info, publish acks).
     /// Default 5 s.
     pub request_timeout: Duration,
+    /// The longest wait between reconnect attempts (they start at once and double).
+    /// Default 2 s, as the other NATS clients.
+    pub reconnect_max_delay: Duration,
 }
 
 impl fmt::Debug for NatsConfig {
@@ -108,6 +111,7 @@ impl fmt::Debug for NatsConfig {
             .field("client_name", &self.client_name)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
             .finish()
     }
 }
@@ -122,6 +126,7 @@ impl NatsConfig {
             client_name: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            reconnect_max_delay: Duration::from_secs(2),
         }
     }
 
@@ -161,6 +166,12 @@ impl NatsConfig {
         self
     }
 
+    /// Sets the longest wait between reconnect attempts.
+    pub fn with_reconnect_max_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_max_delay = delay;
+        self
+    }
+
     /// The servers with any `user:password@` replaced by `***@`, for messages.
     pub fn redacted_servers(&self) -> String {
         redacted_servers(&self.servers)
@@ -196,9 +207,14 @@ impl NatsConfig {
                     )
                 })?,
         };
+        let max_delay = self.reconnect_max_delay;
         options = options
             .connection_timeout(self.connect_timeout)
-            .request_timeout(Some(self.request_timeout));
+            .request_timeout(Some(self.request_timeout))
+            .reconnect_delay_callback(move |attempts| {
+                let doublings = attempts.saturating_sub(1).min(20) as u32;
+                Duration::from_millis(1 << doublings).min(max_delay)
+            });
         if let Some(name) = &self.client_name {
             options = options.name(name);
         }

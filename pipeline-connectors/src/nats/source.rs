@@ -388,9 +388,10 @@ impl JetStreamSource {
         builder: B,
         max: usize,
     ) -> Result<Vec<jetstream::Message>, BoxError> {
-        // The client ends a batch 5 s after its expiry if the server's answer is lost
-        // (an outage it cannot see); this bounds it again, on our side.
-        let bound = self.fetch_wait + Duration::from_secs(6);
+        // The client ends a batch only 5 s after its expiry when the server's answer is
+        // lost (an outage it cannot see); we give up sooner. Messages arriving after that
+        // go unanswered and are redelivered after AckWait: late, never lost.
+        let bound = self.fetch_wait + self.fetch_wait.max(Duration::from_secs(1));
         let fetch = async {
             let mut batch = builder.start(self.fetch_wait).await?;
             let mut got = Vec::with_capacity(max.min(256));

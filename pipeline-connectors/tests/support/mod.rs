@@ -23,7 +23,11 @@ fn server_binary() -> PathBuf {
     if let Ok(path) = std::env::var("NATS_SERVER") {
         return PathBuf::from(path);
     }
-    for candidate in ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"] {
+    for candidate in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
         if Path::new(candidate).exists() {
             return PathBuf::from(candidate);
         }
@@ -92,7 +96,10 @@ impl NatsServer {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "nats-server did not accept connections within 15 s");
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not accept connections within 15 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -136,7 +143,11 @@ pub async fn client(server: &NatsServer) -> async_nats::Client {
 }
 
 /// Creates a file-backed stream.
-pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
+pub async fn create_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &[&str],
+) -> stream::Stream {
     js.get_or_create_stream(stream::Config {
         name: name.to_owned(),
         subjects: subjects.iter().map(|s| s.to_string()).collect(),
