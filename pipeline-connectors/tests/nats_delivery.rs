@@ -330,3 +330,77 @@ async fn work_longer_than_ack_wait_is_kept_alive_not_redelivered() {
     let info = consumer.get_info().await.unwrap();
     assert_eq!((info.num_redelivered, info.num_ack_pending), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_stores_each_key_once_and_fails_per_item() {
+    use pipeline_connectors::nats::JetStreamSink;
+    const N: u64 = 200;
+    let server = NatsServer::start();
+    let nats = client(&server).await;
+    let js = jetstream::new(nats.clone());
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out.>"]).await;
+    publish_ids(&js, "in.new", 0..N).await;
+
+    // Through a pipeline, keyed on the source message's id.
+    let config = NatsConfig::new(server.url());
+    let source = JetStreamSource::connect(&config, options("IN", "in.>"))
+        .await
+        .unwrap();
+    let acks = source.ack_handle();
+    let sink = JetStreamSink::connect(
+        &config,
+        "out.copy",
+        |m: &NatsMessage| m.id(),
+        |m: &NatsMessage| Ok(m.payload.clone()),
+    )
+    .await
+    .unwrap();
+    let handle = Pipeline::builder("copy").source(source).sink(sink).spawn();
+    assert!(eventually(Duration::from_secs(20), || acks.counts().acked >= N).await);
+    let report = handle
+        .shutdown_within(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(acks.settle(Duration::from_secs(5)).await);
+    assert_eq!(report.delivered, N, "{report}");
+    assert_eq!(stream_messages(&js, "OUT").await, N);
+
+    // The same keys again (an at-least-once repeat): stored once.
+    let mut sink = JetStreamSink::with_client(
+        nats.clone(),
+        Duration::from_secs(2),
+        "out.copy",
+        |id: &u64| format!("IN:{}", id + 1),
+        |id: &u64| {
+            if *id >= N && id % 2 == 1 {
+                Err("odd ids do not encode".into())
+            } else {
+                Ok(id.to_string().into())
+            }
+        },
+    );
+    let mut again: Vec<u64> = (0..N).collect();
+    sink.write(&mut again).await.unwrap();
+    assert_eq!(sink.duplicates(), N);
+    assert_eq!(stream_messages(&js, "OUT").await, N);
+
+    // Items that cannot be encoded fail alone.
+    let mut mixed: Vec<u64> = (N..N + 10).collect();
+    let error = sink.write(&mut mixed).await.unwrap_err();
+    assert_eq!(error.failed, Some(vec![1, 3, 5, 7, 9]), "{error}");
+    assert_eq!(stream_messages(&js, "OUT").await, N + 5);
+
+    // A subject no stream captures: every publish fails, within the ack timeout.
+    let mut nowhere = JetStreamSink::with_client(
+        nats,
+        Duration::from_secs(2),
+        "nowhere.at.all",
+        |id: &u64| id.to_string(),
+        |id: &u64| Ok(id.to_string().into()),
+    );
+    let started = std::time::Instant::now();
+    let error = nowhere.write(&mut vec![1, 2, 3]).await.unwrap_err();
+    assert_eq!(error.failed, Some(vec![0, 1, 2]), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -231,16 +231,19 @@ impl AckHandle {
     pub async fn settle(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
+            // Registered before the check, so a wake-up between the two is not missed.
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
             if self.shared.is_idle() {
                 // Acks are buffered by the client: push them out.
                 return tokio::time::timeout_at(deadline, self.client.flush())
                     .await
                     .is_ok_and(|r| r.is_ok());
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
                 return false;
             }
-            let _ = tokio::time::timeout_at(deadline, self.shared.settled.notified()).await;
         }
     }
 }
