@@ -20,7 +20,7 @@ use pipeline_core::source::Backlog;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::source::{AckCounts, SourceOptions};
+use super::options::SourceOptions;
 
 /// A pulled message as the source keeps it until answered. The payload and subject are
 /// reference counted, shared with the item.
@@ -176,6 +176,68 @@ impl Shared {
             .saturating_mul(1 << doublings)
             .min(self.max_nak_delay)
     }
+}
+
+/// A cloneable view of a running source's acknowledgements, kept after the source is
+/// moved into a pipeline.
+#[derive(Debug, Clone)]
+pub struct AckHandle {
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+}
+
+impl AckHandle {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        let client = shared.js.client();
+        AckHandle { shared, client }
+    }
+
+    /// Messages pulled and not yet acknowledged, nak'd or terminated by this process.
+    pub fn held(&self) -> usize {
+        self.shared.held_len()
+    }
+
+    /// What the acker has sent so far.
+    pub fn counts(&self) -> AckCounts {
+        self.shared.counts()
+    }
+
+    /// Waits (at most `within`) until every message pulled has been answered and the
+    /// answers flushed to the server. Call it after the pipeline's shutdown returned,
+    /// before the process exits. Returns whether everything was answered in time.
+    pub async fn settle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before the check, so a wake-up between the two is not missed.
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self.shared.is_idle() {
+                // Acks are buffered by the client: push them out.
+                return tokio::time::timeout_at(deadline, self.client.flush())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Answers sent by a source's acker, for tests and monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckCounts {
+    /// Positive acks.
+    pub acked: u64,
+    /// Negative acks (redelivered after a delay).
+    pub naked: u64,
+    /// Messages published to the dead-letter subject and then terminated.
+    pub dead_lettered: u64,
+    /// In-progress acks sent for messages held long.
+    pub progress: u64,
+    /// Dead-letter publishes that failed (the message was nak'd instead).
+    pub dead_letter_failures: u64,
 }
 
 /// The acker task: runs until the source is dropped and every held message is answered.

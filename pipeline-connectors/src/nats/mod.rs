@@ -62,12 +62,15 @@
 
 mod acker;
 mod config;
+mod options;
 mod sink;
 mod source;
 
+pub use acker::{AckCounts, AckHandle};
 pub use config::{Auth, ConnectFailure, NatsConfig, NatsError, Secret, Tls};
+pub use options::SourceOptions;
 pub use sink::{JetStreamSink, json};
-pub use source::{AckCounts, AckHandle, JetStreamSource, NatsMessage, SourceOptions};
+pub use source::{JetStreamSource, NatsMessage};
 
 /// The client crate, for its types in this API ([`Subject`](async_nats::Subject),
 /// [`HeaderMap`](async_nats::HeaderMap), streams).

@@ -12,8 +12,9 @@ use pipeline_core::BoxError;
 use pipeline_core::ack::{Ack, Outcome};
 use pipeline_core::source::{Backlog, Pulled, Source};
 
-use super::acker::{self, Done, Held, Shared};
+use super::acker::{self, AckHandle, Done, Held, Shared};
 use super::config::{NatsConfig, NatsError};
+use super::options::SourceOptions;
 
 /// One JetStream message as a pipeline item. Cheap to clone (the payload and subject are
 /// reference counted). The message's ack handle stays with the source, not the item.
@@ -51,137 +52,6 @@ impl NatsMessage {
     }
 }
 
-/// What the source creates or binds, and how it acknowledges.
-///
-/// `max_deliveries` is ours: a message that failed on its last allowed delivery is
-/// published to the dead-letter subject (with `Nats-Msg-Id` = `"{stream}:{sequence}"`, so
-/// a repeat is de-duplicated) and then terminated. The server's `MaxDeliver` is set a few
-/// deliveries higher, as a backstop only: it never ends a message silently.
-#[derive(Debug, Clone)]
-pub struct SourceOptions {
-    /// The stream to read.
-    pub stream: String,
-    /// Subjects of the stream, used only when the stream does not exist yet (then it is
-    /// created with them); empty = bind to an existing stream only.
-    pub subjects: Vec<String>,
-    /// The durable consumer's name; every process with the same name shares the work.
-    pub durable: String,
-    /// Only messages on this subject (wildcards allowed); empty = all.
-    pub filter_subject: String,
-    /// How long the server waits for an ack before redelivering. In-progress acks are
-    /// sent for messages held longer than a third of it. Default 30 s.
-    pub ack_wait: Duration,
-    /// Deliveries allowed before the message is dead-lettered. Default 5.
-    pub max_deliveries: u32,
-    /// The first nak delay; doubled per delivery up to `max_nak_delay`. Default 1 s.
-    pub nak_delay: Duration,
-    /// The longest nak delay. Default 60 s.
-    pub max_nak_delay: Duration,
-    /// Where dead letters go. Default `"dlq.{stream}"`.
-    pub dead_letter_subject: String,
-    /// A stream capturing `dead_letter_subject`, created if missing; `None`: the subject
-    /// must already be captured by a stream. Default `"{stream}_DLQ"`.
-    pub dead_letter_stream: Option<String>,
-    /// How long one fetch waits for a first message when none is ready (the server holds
-    /// the pull request this long; the client gives up a little later). Default 2 s.
-    pub fetch_wait: Duration,
-    /// How often consumer info (lag, ack pending) is read for [`Backlog`]. Default 5 s.
-    pub backlog_every: Duration,
-    /// The source's name in stats and the topology. Default `"nats"`.
-    pub name: String,
-}
-
-impl SourceOptions {
-    /// Reads `stream` through the durable consumer `durable`, with the defaults above.
-    pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
-        let stream = stream.into();
-        SourceOptions {
-            subjects: Vec::new(),
-            durable: durable.into(),
-            filter_subject: String::new(),
-            ack_wait: Duration::from_secs(30),
-            max_deliveries: 5,
-            nak_delay: Duration::from_secs(1),
-            max_nak_delay: Duration::from_secs(60),
-            dead_letter_subject: format!("dlq.{stream}"),
-            dead_letter_stream: Some(format!("{stream}_DLQ")),
-            fetch_wait: Duration::from_secs(2),
-            backlog_every: Duration::from_secs(5),
-            name: "nats".to_owned(),
-            stream,
-        }
-    }
-
-    /// Creates the stream with these subjects if it does not exist.
-    pub fn with_subjects<I: IntoIterator<Item = S>, S: Into<String>>(
-        mut self,
-        subjects: I,
-    ) -> Self {
-        self.subjects = subjects.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// See [`filter_subject`](Self::filter_subject).
-    pub fn with_filter_subject(mut self, subject: impl Into<String>) -> Self {
-        self.filter_subject = subject.into();
-        self
-    }
-
-    /// See [`ack_wait`](Self::ack_wait).
-    pub fn with_ack_wait(mut self, ack_wait: Duration) -> Self {
-        self.ack_wait = ack_wait;
-        self
-    }
-
-    /// See [`max_deliveries`](Self::max_deliveries) (at least 1).
-    pub fn with_max_deliveries(mut self, n: u32) -> Self {
-        self.max_deliveries = n.max(1);
-        self
-    }
-
-    /// See [`nak_delay`](Self::nak_delay) and [`max_nak_delay`](Self::max_nak_delay).
-    pub fn with_nak_delay(mut self, first: Duration, max: Duration) -> Self {
-        self.nak_delay = first;
-        self.max_nak_delay = max.max(first);
-        self
-    }
-
-    /// See [`dead_letter_subject`](Self::dead_letter_subject) and
-    /// [`dead_letter_stream`](Self::dead_letter_stream).
-    pub fn with_dead_letter(mut self, subject: impl Into<String>, stream: Option<String>) -> Self {
-        self.dead_letter_subject = subject.into();
-        self.dead_letter_stream = stream;
-        self
-    }
-
-    /// See [`fetch_wait`](Self::fetch_wait).
-    pub fn with_fetch_wait(mut self, wait: Duration) -> Self {
-        self.fetch_wait = wait.max(Duration::from_millis(10));
-        self
-    }
-
-    /// See [`backlog_every`](Self::backlog_every).
-    pub fn with_backlog_every(mut self, every: Duration) -> Self {
-        self.backlog_every = every.max(Duration::from_millis(10));
-        self
-    }
-
-    /// See [`name`](Self::name).
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// The server-side `MaxDeliver`: ours plus headroom for failed dead-letter writes.
-    fn server_max_deliver(&self) -> i64 {
-        i64::from(self.max_deliveries) + DLQ_HEADROOM
-    }
-}
-
-/// Deliveries past our limit the server still allows, so a dead-letter publish that
-/// failed can be retried on a later delivery.
-const DLQ_HEADROOM: i64 = 5;
-
 /// A JetStream durable pull consumer as a pipeline [`Source`]. See the
 /// [module docs](super) for the delivery guarantees.
 pub struct JetStreamSource {
@@ -204,63 +74,6 @@ impl std::fmt::Debug for JetStreamSource {
             .field("held", &self.shared.held_len())
             .finish_non_exhaustive()
     }
-}
-
-/// A cloneable view of a running source's acknowledgements, kept after the source is
-/// moved into a pipeline.
-#[derive(Debug, Clone)]
-pub struct AckHandle {
-    shared: Arc<Shared>,
-    client: async_nats::Client,
-}
-
-impl AckHandle {
-    /// Messages pulled and not yet acknowledged, nak'd or terminated by this process.
-    pub fn held(&self) -> usize {
-        self.shared.held_len()
-    }
-
-    /// What the acker has sent so far.
-    pub fn counts(&self) -> AckCounts {
-        self.shared.counts()
-    }
-
-    /// Waits (at most `within`) until every message pulled has been answered and the
-    /// answers flushed to the server. Call it after the pipeline's shutdown returned,
-    /// before the process exits. Returns whether everything was answered in time.
-    pub async fn settle(&self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            // Registered before the check, so a wake-up between the two is not missed.
-            let settled = self.shared.settled.notified();
-            tokio::pin!(settled);
-            settled.as_mut().enable();
-            if self.shared.is_idle() {
-                // Acks are buffered by the client: push them out.
-                return tokio::time::timeout_at(deadline, self.client.flush())
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-            }
-            if tokio::time::timeout_at(deadline, settled).await.is_err() {
-                return false;
-            }
-        }
-    }
-}
-
-/// Answers sent by a source's acker, for tests and monitoring.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AckCounts {
-    /// Positive acks.
-    pub acked: u64,
-    /// Negative acks (redelivered after a delay).
-    pub naked: u64,
-    /// Messages published to the dead-letter subject and then terminated.
-    pub dead_lettered: u64,
-    /// In-progress acks sent for messages held long.
-    pub progress: u64,
-    /// Dead-letter publishes that failed (the message was nak'd instead).
-    pub dead_letter_failures: u64,
 }
 
 impl JetStreamSource {
@@ -354,10 +167,7 @@ impl JetStreamSource {
 
     /// A handle on this source's acknowledgements, to await them at shutdown.
     pub fn ack_handle(&self) -> AckHandle {
-        AckHandle {
-            shared: Arc::clone(&self.shared),
-            client: self.shared.js.client(),
-        }
+        AckHandle::new(Arc::clone(&self.shared))
     }
 
     /// Up to `max` messages, waiting at most `fetch_wait` (plus the client's slack) for
