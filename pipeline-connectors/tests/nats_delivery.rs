@@ -404,3 +404,65 @@ async fn the_sink_stores_each_key_once_and_fails_per_item() {
     assert_eq!(error.failed, Some(vec![0, 1, 2]), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_past_the_limit_is_dead_lettered_without_processing() {
+    use futures::StreamExt;
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "CRASHY", &["crashy.>"]).await;
+    publish_ids(&js, "crashy.new", 0..1).await;
+    let options = || {
+        options("CRASHY", "crashy.>")
+            .with_ack_wait(Duration::from_secs(1))
+            .with_max_deliveries(2)
+    };
+    // Create the consumer, then play two consumers that die holding the message.
+    drop(
+        JetStreamSource::connect(&NatsConfig::new(server.url()), options())
+            .await
+            .unwrap(),
+    );
+    let stream = js.get_stream("CRASHY").await.unwrap();
+    let raw: jetstream::consumer::Consumer<jetstream::consumer::pull::Config> =
+        stream.get_consumer("workers").await.unwrap();
+    for attempt in 1..=2 {
+        let mut batch = raw
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), batch.next())
+            .await
+            .expect("a delivery in time")
+            .expect("a message")
+            .unwrap();
+        assert_eq!(msg.info().unwrap().delivered, attempt);
+        // Never acked: AckWait runs out.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+    }
+    let source = JetStreamSource::connect(&NatsConfig::new(server.url()), options())
+        .await
+        .unwrap();
+    let acks = source.ack_handle();
+    let (sink, out) = sink::collect::<u64>();
+    let handle = Pipeline::builder("crashy")
+        .source(source)
+        .stage(stage::map_fn("never", |m: NatsMessage| async move {
+            Ok::<_, std::convert::Infallible>(m.delivered)
+        }))
+        .sink(sink)
+        .spawn();
+    assert!(eventually(Duration::from_secs(10), || acks.counts().dead_lettered == 1).await);
+    let report = handle
+        .shutdown_within(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(acks.settle(Duration::from_secs(5)).await);
+    assert!(out.is_empty(), "processed a third time: {:?}", out.take());
+    assert_eq!(report.emitted, 0, "{report}");
+    assert_eq!(stream_messages(&js, "CRASHY_DLQ").await, 1);
+    assert_eq!(consumer_state(&js, "CRASHY", "workers").await, (0, 0));
+}
