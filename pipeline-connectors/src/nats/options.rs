@@ -40,6 +40,11 @@ pub struct SourceOptions {
     pub fetch_wait: Duration,
     /// How often consumer info (lag, ack pending) is read for [`Backlog`](pipeline_core::source::Backlog). Default 5 s.
     pub backlog_every: Duration,
+    /// The consumer's `MaxAckPending`, over every process sharing it: the server stops
+    /// delivering while this many messages wait for acks. `None`: the server's default
+    /// (1000 on 2.9). Give it at least the sum of the workers' in-flight bounds, or one
+    /// worker's full edges can starve the others.
+    pub max_ack_pending: Option<i64>,
     /// The source's name in stats and the topology. Default `"nats"`.
     pub name: String,
 }
@@ -60,6 +65,7 @@ impl SourceOptions {
             dead_letter_stream: Some(format!("{stream}_DLQ")),
             fetch_wait: Duration::from_secs(2),
             backlog_every: Duration::from_secs(5),
+            max_ack_pending: None,
             name: "nats".to_owned(),
             stream,
         }
@@ -116,6 +122,12 @@ impl SourceOptions {
     /// See [`backlog_every`](Self::backlog_every).
     pub fn with_backlog_every(mut self, every: Duration) -> Self {
         self.backlog_every = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// See [`max_ack_pending`](Self::max_ack_pending).
+    pub fn with_max_ack_pending(mut self, n: i64) -> Self {
+        self.max_ack_pending = Some(n);
         self
     }
 

@@ -136,6 +136,7 @@ impl JetStreamSource {
                     ack_wait: options.ack_wait,
                     max_deliver: options.server_max_deliver(),
                     filter_subject: options.filter_subject.clone(),
+                    max_ack_pending: options.max_ack_pending.unwrap_or_default(),
                     ..Default::default()
                 },
             )
