@@ -466,3 +466,58 @@ async fn a_message_past_the_limit_is_dead_lettered_without_processing() {
     assert_eq!(stream_messages(&js, "CRASHY_DLQ").await, 1);
     assert_eq!(consumer_state(&js, "CRASHY", "workers").await, (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_payload_fails_its_item_only() {
+    #[derive(Debug, serde::Deserialize)]
+    struct Order {
+        id: u64,
+    }
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "ORDERS", &["orders.>"]).await;
+    for payload in [r#"{"id":1}"#, "not json", r#"{"id":3}"#] {
+        js.publish("orders.new", payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let source = JetStreamSource::connect(
+        &NatsConfig::new(server.url()),
+        options("ORDERS", "orders.>"),
+    )
+    .await
+    .unwrap();
+    let acks = source.ack_handle();
+    let (sink, out) = sink::collect();
+    let (dead, dead_letters) = sink::collect();
+    let handle = Pipeline::builder("orders")
+        .source(source)
+        .stage(stage::map_fn("decode", |m: NatsMessage| async move {
+            m.json::<Order>().map(|o| o.id)
+        }))
+        .sink(sink)
+        .dead_letter(dead)
+        .spawn();
+    assert!(
+        eventually(Duration::from_secs(10), || out.len() + dead_letters.len()
+            >= 3)
+        .await
+    );
+    let report = handle
+        .shutdown_within(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(acks.settle(Duration::from_secs(5)).await);
+    assert_eq!(out.take(), vec![1, 3]);
+    let dead = dead_letters.take();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].stage, "decode");
+    assert_eq!((report.delivered, report.dead_lettered), (2, 1));
+    assert_eq!(
+        acks.counts().acked,
+        3,
+        "the malformed one is acked once dead-lettered"
+    );
+}
