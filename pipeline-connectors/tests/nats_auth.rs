@@ -269,3 +269,153 @@ async fn tls_with_a_private_certificate() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A JWT as nats-server reads it: `header.claims.signature`, base64url without padding,
+/// signed with the issuer's NKey.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{name}{iat}").to_uppercase(),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = b64.encode(claims.to_string());
+    let signed = format!("{header}.{claims}");
+    let signature = b64.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{signature}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_file_works_against_an_operator_mode_server() {
+    let dir = std::env::temp_dir().join(format!("pipeline-nats-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (operator, system, account, user) = (
+        nkeys::KeyPair::new_operator(),
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_user(),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "conn": -1, "leaf": -1, "imports": -1, "exports": -1, "data": -1,
+        "payload": -1, "wildcards": true, "mem_storage": -1, "disk_storage": -1,
+        "streams": -1, "consumer": -1,
+    });
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    // JetStream needs a system account in operator mode.
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "app",
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "worker",
+        serde_json::json!({
+            "type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+        }),
+    );
+    let seed = user.seed().unwrap();
+    std::fs::write(dir.join("op.jwt"), &operator_jwt).unwrap();
+    let conf = dir.join("server.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: \"{}\"\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: \"{}\"\n  {}: \"{}\"\n}}\n",
+            dir.join("op.jwt").display(),
+            system.public_key(),
+            system.public_key(),
+            system_jwt,
+            account.public_key(),
+            account_jwt
+        ),
+    )
+    .unwrap();
+    let creds = dir.join("worker.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+
+    let config = NatsConfig::new(server.url()).with_auth(Auth::CredentialsFile(creds.clone()));
+    let js = jetstream::new(
+        config
+            .connect("creds producer")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", server.log())),
+    );
+    create_stream(&js, "SECURE", &["secure.>"]).await;
+    publish_ids(&js, "secure.new", 0..5).await;
+    let source = JetStreamSource::connect(&config, options()).await.unwrap();
+    assert!(!format!("{source:?} {config:?}").contains(&seed));
+    let acks = source.ack_handle();
+    let (sink, out) = sink::collect();
+    let handle = Pipeline::builder("creds")
+        .source(source)
+        .stage(stage::map_fn("id", |m: NatsMessage| async move {
+            Ok::<_, std::convert::Infallible>(m.stream_sequence)
+        }))
+        .sink(sink)
+        .spawn();
+    assert!(eventually(Duration::from_secs(20), || out.len() >= 5).await);
+    let report = handle
+        .shutdown_within(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(acks.settle(Duration::from_secs(5)).await);
+    assert_eq!(report.delivered, 5);
+
+    // Someone else's key with this user's JWT: refused, quickly.
+    let forged = dir.join("forged.creds");
+    let other = nkeys::KeyPair::new_user().seed().unwrap();
+    std::fs::write(
+        &forged,
+        std::fs::read_to_string(&creds)
+            .unwrap()
+            .replace(&seed, &other),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let error = NatsConfig::new(server.url())
+        .with_auth(Auth::CredentialsFile(forged))
+        .connect("forged")
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        error.connect_failure(),
+        Some(ConnectFailure::Unauthorized),
+        "{error}"
+    );
+    assert!(!error.to_string().contains(&other) && !error.to_string().contains(&seed));
+    let _ = std::fs::remove_dir_all(&dir);
+}
