@@ -261,10 +261,7 @@ async fn tls_with_a_private_certificate() {
     );
     assert!(started.elapsed() < Duration::from_secs(8));
     assert!(
-        matches!(
-            error.connect_failure(),
-            Some(ConnectFailure::Tls | ConnectFailure::Io)
-        ),
+        matches!(error.connect_failure(), Some(ConnectFailure::Tls)),
         "{error}"
     );
     let _ = std::fs::remove_dir_all(&dir);

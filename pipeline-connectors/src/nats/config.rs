@@ -250,6 +250,10 @@ impl NatsConfig {
                     }
                     ConnectErrorKind::TimedOut => ConnectFailure::TimedOut,
                     ConnectErrorKind::Tls => ConnectFailure::Tls,
+                    // rustls' verdict on the server's certificate arrives as an I/O error.
+                    ConnectErrorKind::Io if e.to_string().contains("certificate") => {
+                        ConnectFailure::Tls
+                    }
                     ConnectErrorKind::ServerParse | ConnectErrorKind::Dns => {
                         ConnectFailure::Address
                     }
