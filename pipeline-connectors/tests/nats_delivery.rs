@@ -521,3 +521,38 @@ async fn a_malformed_payload_fails_its_item_only() {
         "the malformed one is acked once dead-lettered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_dropped_unanswered_is_nakd_not_held_forever() {
+    use pipeline_core::source::Source;
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    create_stream(&js, "DROPS", &["drops.>"]).await;
+    publish_ids(&js, "drops.new", 0..10).await;
+    let mut source =
+        JetStreamSource::connect(&NatsConfig::new(server.url()), options("DROPS", "drops.>"))
+            .await
+            .unwrap();
+    let acks = source.ack_handle();
+    let pulled = tokio::time::timeout(Duration::from_secs(5), source.pull(4))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pulled.items.len(), 4, "pull(max) takes at most max");
+    assert_eq!(acks.held(), 4);
+    drop(pulled);
+    assert!(acks.settle(Duration::from_secs(5)).await);
+    assert_eq!((acks.counts().naked, acks.counts().acked), (4, 0));
+    let next = tokio::time::timeout(Duration::from_secs(5), source.pull(10))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.items.len(),
+        10,
+        "the four come back at once with the other six"
+    );
+    assert_eq!(next.items.iter().filter(|m| m.delivered == 2).count(), 4);
+}

@@ -309,11 +309,16 @@ impl Source for JetStreamSource {
                 continue;
             }
             self.shared.hold(batch, held);
-            let shared = Arc::clone(&self.shared);
+            let mut guard = Unanswered {
+                shared: Some(Arc::clone(&self.shared)),
+                batch,
+            };
             // Runs inline in whichever pipeline task finalizes the batch: one lock, one
             // push, one wake-up; the acker task does the network part.
             let ack = Ack::new(move |outcomes: &[Outcome]| {
-                shared.push(Done::Batch(batch, outcomes.to_vec()));
+                if let Some(shared) = guard.shared.take() {
+                    shared.push(Done::Batch(guard.batch, outcomes.to_vec()));
+                }
             });
             return Ok(Some(Pulled::with_ack(items, ack)));
         }
@@ -325,6 +330,23 @@ impl Source for JetStreamSource {
 
     fn backlog(&self) -> Option<Backlog> {
         Some(self.backlog.clone())
+    }
+}
+
+/// Carried by a batch's ack callback: if the callback is dropped without running, the
+/// batch is answered as abandoned (nak'd) instead of being kept alive by in-progress acks
+/// for as long as the process lives.
+struct Unanswered {
+    shared: Option<Arc<Shared>>,
+    batch: u64,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            // No outcomes: every message counts as abandoned.
+            shared.push(Done::Batch(self.batch, Vec::new()));
+        }
     }
 }
 
