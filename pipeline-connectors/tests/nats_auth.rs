@@ -207,8 +207,7 @@ async fn a_missing_credentials_file_fails_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_certificate() {
-    let dir = std::env::temp_dir().join(format!("pipeline-nats-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("tls");
     let key =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
             .unwrap();
@@ -264,7 +263,6 @@ async fn tls_with_a_private_certificate() {
         matches!(error.connect_failure(), Some(ConnectFailure::Tls)),
         "{error}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A JWT as nats-server reads it: `header.claims.signature`, base64url without padding,
@@ -293,8 +291,7 @@ fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credentials_file_works_against_an_operator_mode_server() {
-    let dir = std::env::temp_dir().join(format!("pipeline-nats-creds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("creds");
     let (operator, system, account, user) = (
         nkeys::KeyPair::new_operator(),
         nkeys::KeyPair::new_account(),
@@ -414,5 +411,4 @@ async fn a_credentials_file_works_against_an_operator_mode_server() {
         "{error}"
     );
     assert!(!error.to_string().contains(&other) && !error.to_string().contains(&seed));
-    let _ = std::fs::remove_dir_all(&dir);
 }
