@@ -36,3 +36,5 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "nats")]
+pub mod nats;
