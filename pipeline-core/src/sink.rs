@@ -80,6 +80,10 @@ impl std::error::Error for WriteError {
 /// batch the same way. [`flush`](Sink::flush) runs once when the input ends, before the
 /// pipeline reports; a flush that fails (or panics) is a failure in the report.
 ///
+/// To wait out an outage of the sink's server instead of dead-lettering every row, wrap
+/// the sink in [`policy::retry_writes`](crate::policy::retry_writes) (retry with backoff
+/// per batch, and a waiting circuit breaker that backpressures the source).
+///
 /// # Examples
 ///
 /// ```

@@ -75,6 +75,7 @@ mod engine;
 mod failure;
 pub(crate) mod permanent;
 mod rate;
+mod sink;
 mod timeout;
 
 pub use backoff::{Backoff, Schedule};
@@ -87,4 +88,5 @@ pub(crate) use engine::{Outcome, Tried};
 pub use failure::Failure;
 pub use permanent::{Fault, Permanent};
 pub use rate::{Overloaded, RateLimiter};
+pub use sink::{RetryWrites, retry_writes};
 pub use timeout::Elapsed;
