@@ -138,7 +138,11 @@ fn run(dir: &Path, data: &Path, extra: &[&str]) -> Run {
     // Every run: a balanced ledger, printed and in the JSON, and one dead letter per
     // dead-lettered item.
     assert!(run.report.is_balanced(), "{}", run.report);
-    assert!(run.stdout().contains("ledger: balanced"), "{}", run.stdout());
+    assert!(
+        run.stdout().contains("ledger: balanced"),
+        "{}",
+        run.stdout()
+    );
     assert_eq!(run.dead.len() as u64, run.report.dead_lettered);
     assert_eq!(
         run.report.emitted,
@@ -157,7 +161,9 @@ fn check_tables(run: &Run) {
         flights + cancelled
     );
     assert_eq!(
-        run.count("select count(*) from cancelled where status = 'cancelled' and reason is not null"),
+        run.count(
+            "select count(*) from cancelled where status = 'cancelled' and reason is not null"
+        ),
         cancelled
     );
     assert_eq!(
@@ -174,19 +180,30 @@ fn the_sample_lands_in_sqlite_with_cancelled_and_diverted_flights_as_data() {
     assert_eq!(run.report.delivered, SAMPLE_ROWS);
     assert_eq!(run.report.dead_lettered, 0);
     check_tables(&run);
-    assert_eq!(run.count("select count(*) from cancelled"), SAMPLE_CANCELLED);
     assert_eq!(
-        run.count("select count(*) from flights where status = 'diverted' and reason like 'departed%'"),
+        run.count("select count(*) from cancelled"),
+        SAMPLE_CANCELLED
+    );
+    assert_eq!(
+        run.count(
+            "select count(*) from flights where status = 'diverted' and reason like 'departed%'"
+        ),
         SAMPLE_DIVERTED
     );
     assert_eq!(
         run.count("select sum(cancelled) from daily"),
         SAMPLE_CANCELLED
     );
-    assert_eq!(run.count("select sum(diverted) from daily"), SAMPLE_DIVERTED);
+    assert_eq!(
+        run.count("select sum(diverted) from daily"),
+        SAMPLE_DIVERTED
+    );
     // Joins: every carrier has a name; planes and weather missing from the lookups are
     // nulls, not dropped rows.
-    assert_eq!(run.count("select count(*) from flights where airline is null"), 0);
+    assert_eq!(
+        run.count("select count(*) from flights where airline is null"),
+        0
+    );
     let no_plane = run.count(
         "select (select count(*) from flights where plane_model is null) \
               + (select count(*) from cancelled where plane_model is null)",
@@ -200,7 +217,8 @@ fn the_sample_lands_in_sqlite_with_cancelled_and_diverted_flights_as_data() {
     // The aggregates agree with the rows.
     assert_eq!(run.json["daily_rows"], 39);
     assert_eq!(run.count("select count(*) from daily"), 39);
-    let max = run.count("select max(arr_delay) from flights where carrier = 'UA' and day = 1 and month = 1");
+    let max = run
+        .count("select max(arr_delay) from flights where carrier = 'UA' and day = 1 and month = 1");
     assert_eq!(
         run.count("select max_arr_delay from daily where carrier = 'UA' and day = '2013-01-01'"),
         max
@@ -219,8 +237,14 @@ fn a_second_run_replaces_rows_instead_of_duplicating_them() {
     let flights = first.count("select count(*) from flights");
     let second = run(&dir, &sample_dir(), &[]);
     assert_eq!(second.count("select count(*) from flights"), flights);
-    assert_eq!(second.count("select count(*) from cancelled"), SAMPLE_CANCELLED);
-    assert_eq!(second.count("select sum(flights) from daily"), SAMPLE_ROWS as i64);
+    assert_eq!(
+        second.count("select count(*) from cancelled"),
+        SAMPLE_CANCELLED
+    );
+    assert_eq!(
+        second.count("select sum(flights) from daily"),
+        SAMPLE_ROWS as i64
+    );
 }
 
 /// The sample with `bad` put in after the 10th row: at line 12 of the file.
@@ -252,7 +276,8 @@ fn broken_quoting_costs_one_dead_letter() {
 
 #[test]
 fn invalid_utf8_is_a_dead_letter() {
-    let bad = b"2013,1,1,600,600,0,800,800,0,U\xff\xfe,1,N1,EWR,IAH,100,1000,6,0,2013-01-01T11:00:00Z";
+    let bad =
+        b"2013,1,1,600,600,0,800,800,0,U\xff\xfe,1,N1,EWR,IAH,100,1000,6,0,2013-01-01T11:00:00Z";
     one_dead_letter_at("utf8", &with_bad_row(bad), 12, "UTF-8");
 }
 
@@ -340,7 +365,18 @@ fn graph_prints_the_topology() {
     let output = etl(&dir, &["--graph"]);
     assert!(output.status.success());
     let out = String::from_utf8_lossy(&output.stdout);
-    for node in ["flowchart", "csv", "parse", "validate", "enrich", "aggregate", "route", "cancelled", "flights", "dead_letter"] {
+    for node in [
+        "flowchart",
+        "csv",
+        "parse",
+        "validate",
+        "enrich",
+        "aggregate",
+        "route",
+        "cancelled",
+        "flights",
+        "dead_letter",
+    ] {
         assert!(out.contains(node), "{node} missing in {out}");
     }
     // It opened no database.

@@ -34,12 +34,12 @@ impl Target {
                     .synchronous(Synchronous::Normal)
                     .open()?,
             ),
-            Target::Postgres(url) => DbSink::Postgres(
+            Target::Postgres(url) => DbSink::Postgres(Box::new(
                 PostgresOptions::new(url, table)?
                     .connect_timeout(std::time::Duration::from_secs(5))
                     .connect()
                     .await?,
-            ),
+            )),
         })
     }
 
@@ -70,7 +70,7 @@ fn redact(url: &str) -> String {
 /// time writes this enum.
 pub(crate) enum DbSink<T> {
     Sqlite(SqliteSink<T>),
-    Postgres(PostgresSink<T>),
+    Postgres(Box<PostgresSink<T>>),
     /// Accepts and drops everything.
     Discard,
 }

@@ -62,11 +62,7 @@ pub(crate) fn data_file(dir: &Path, name: &str) -> Result<PathBuf, BoxError> {
     if gz.exists() {
         return Ok(gz);
     }
-    Err(format!(
-        "no `{name}` (or `{name}.gz`) in `{}`",
-        dir.display()
-    )
-    .into())
+    Err(format!("no `{name}` (or `{name}.gz`) in `{}`", dir.display()).into())
 }
 
 /// A reader over the file, decompressed if it ends in `.gz`.

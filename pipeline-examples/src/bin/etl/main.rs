@@ -184,7 +184,11 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let daily_rows = rows.len();
     let daily_report = Pipeline::builder("daily")
         .source(source::iter(rows))
-        .sink(target.open(model::daily_table(&format!("{prefix}daily"))).await?)
+        .sink(
+            target
+                .open(model::daily_table(&format!("{prefix}daily")))
+                .await?,
+        )
         .name("daily")
         .run()
         .await?;
@@ -193,10 +197,7 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
 
     println!();
     print!("{report}");
-    println!(
-        "  {:<20} {:>10}",
-        "element", "rows/s"
-    );
+    println!("  {:<20} {:>10}", "element", "rows/s");
     for s in &report.stages {
         println!("  {:<20} {:>10.0}", s.name, s.rate);
     }

@@ -146,11 +146,16 @@ pub(crate) fn check(flight: Flight, file: &str) -> Result<Checked, Invalid> {
         )));
     }
     if flight.carrier.len() != 2 || !flight.carrier.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(bad(format!("carrier `{}` is not a 2-character code", flight.carrier)));
+        return Err(bad(format!(
+            "carrier `{}` is not a 2-character code",
+            flight.carrier
+        )));
     }
     for (name, code) in [("origin", &flight.origin), ("dest", &flight.dest)] {
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(bad(format!("{name} `{code}` is not a 3-character airport code")));
+            return Err(bad(format!(
+                "{name} `{code}` is not a 3-character airport code"
+            )));
         }
     }
     let th = flight.time_hour.as_bytes();
@@ -232,7 +237,10 @@ impl Daily {
             "{:04}-{:02}-{:02}",
             f.flight.year, f.flight.month, f.flight.day
         );
-        let acc = self.days.entry((f.flight.carrier.clone(), day)).or_default();
+        let acc = self
+            .days
+            .entry((f.flight.carrier.clone(), day))
+            .or_default();
         if acc.airline.is_none() {
             acc.airline.clone_from(&f.airline);
         }
