@@ -275,6 +275,41 @@ fn broken_quoting_costs_one_dead_letter() {
 }
 
 #[test]
+fn a_rerun_replaces_the_dead_letter_file() {
+    let bad = b"2013,1,1,600,600,0,800,800,0,UA,1,N1,EWR,IAH,100,1000,6,0";
+    let dir = scratch("rerun-dlq");
+    let data = data_with(&dir, &with_bad_row(bad));
+    run(&dir, &data, &[]);
+    let second = run(&dir, &data, &[]);
+    assert_eq!(second.dead_lines(), vec![12]);
+}
+
+#[test]
+fn compare_runs_the_hand_written_loop_on_the_same_rows() {
+    let dir = scratch("compare");
+    let run = run(&dir, &sample_dir(), &["--compare"]);
+    let out = run.stdout();
+    assert!(
+        out.contains(
+            "hand-written loop: 360 rows (320 flights, 40 cancelled, 0 malformed, 39 daily)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("pipeline / hand-written:"), "{out}");
+    let hand = rusqlite::Connection::open(dir.join("flights.hand.db")).unwrap();
+    let count = |sql: &str| -> i64 { hand.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("select count(*) from flights"),
+        run.count("select count(*) from flights")
+    );
+    assert_eq!(count("select count(*) from cancelled"), SAMPLE_CANCELLED);
+    assert_eq!(
+        count("select cast(round(sum(mean_arr_delay * 1000)) as integer) from daily"),
+        run.count("select cast(round(sum(mean_arr_delay * 1000)) as integer) from daily")
+    );
+}
+
+#[test]
 fn invalid_utf8_is_a_dead_letter() {
     let bad =
         b"2013,1,1,600,600,0,800,800,0,U\xff\xfe,1,N1,EWR,IAH,100,1000,6,0,2013-01-01T11:00:00Z";
