@@ -15,6 +15,7 @@
 //! per-day aggregates are kept in shared state (`Arc<Mutex<Daily>>`) and written to
 //! `daily` after the run. Every table is upserted on its key: a re-run replaces rows.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -122,7 +123,8 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
             DbSink::Discard,
             &args.dead_letters,
         );
-        println!("{}", ready.build().graph().to_mermaid());
+        // `etl --graph | head` closes the pipe early: not an error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{}", ready.build().graph().to_mermaid());
         return Ok(ExitCode::SUCCESS);
     }
 
