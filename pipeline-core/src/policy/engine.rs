@@ -341,7 +341,7 @@ impl<S: Stage> Policies<S> {
             && self.breaker.is_none()
             && self.limiter.is_none()
             && self.attempts() <= 1
-            && !self.keep;
+            && !(self.keep && S::BORROWS);
         let again = !self.plain && (1 < self.attempts() || self.waits());
         self.copy_first = self.clone_in.is_some() && (again || self.keep);
     }
@@ -458,27 +458,11 @@ impl<S: Stage> Policies<S> {
                 }
             }
         }
-        if self.plain {
-            // A hand-written `call` may panic before it returns its future.
-            return match catch_unwind(AssertUnwindSafe(|| self.stage.call(item, cx))) {
-                Ok(call) => Attempt::Plain {
-                    call,
-                    engine: self,
-                    cx,
-                },
-                Err(payload) => {
-                    let failure = Failure::Panicked(self.caught(&*payload, cx));
-                    drop(payload);
-                    Attempt::Boxed {
-                        fut: self.after_first(None, failure, None, cx),
-                    }
-                }
-            };
-        }
         let kept = match self.clone_in {
             Some(clone) if self.copy_first => Some(clone(&item)),
             _ => None,
         };
+        // A hand-written `call` may panic before it returns its future.
         match catch_unwind(AssertUnwindSafe(|| self.stage.call(item, cx))) {
             Ok(call) => Attempt::Call {
                 call,
@@ -1107,13 +1091,6 @@ pin_project_lite::pin_project! {
     /// failure, a wait, a borrowing stage's calls) is the boxed general path.
     #[project = AttemptProj]
     enum Attempt<'a, S: Stage, F> {
-        // The plain path: the stage's future under `catch_unwind`, nothing else.
-        Plain {
-            #[pin]
-            call: F,
-            engine: &'a Policies<S>,
-            cx: &'a Context,
-        },
         Call {
             #[pin]
             call: F,
@@ -1141,20 +1118,6 @@ where
     fn poll(self: Pin<&mut Self>, tcx: &mut TaskCx<'_>) -> Poll<Outcome<S>> {
         let mut this = self;
         let (failure, kept, admit, engine, cx) = match this.as_mut().project() {
-            AttemptProj::Plain { call, engine, cx } => {
-                let engine: &'a Policies<S> = engine;
-                match catch_unwind(AssertUnwindSafe(|| call.poll(tcx))) {
-                    Ok(Poll::Pending) => return Poll::Pending,
-                    Ok(Poll::Ready(Ok(output))) => return Poll::Ready(CallOutcome::ok(output)),
-                    Ok(Poll::Ready(Err(error))) => {
-                        return Poll::Ready(failed(Failure::Call(error), None));
-                    }
-                    Err(payload) => {
-                        let failure = Failure::Panicked(engine.caught(&*payload, cx));
-                        (failure, None, None, engine, *cx)
-                    }
-                }
-            }
             AttemptProj::Boxed { fut } => return fut.as_mut().poll(tcx),
             AttemptProj::Call {
                 call,
@@ -1216,7 +1179,7 @@ where
         self.set(Attempt::Boxed { fut });
         match self.project() {
             AttemptProj::Boxed { fut } => fut.as_mut().poll(tcx),
-            AttemptProj::Plain { .. } | AttemptProj::Call { .. } => Poll::Pending,
+            AttemptProj::Call { .. } => Poll::Pending,
         }
     }
 }
