@@ -652,7 +652,7 @@ async fn dead_letters_report_attempts_and_probes_apart() {
     retry.backoff = Duration::from_millis(10);
     retry.jitter = false;
     let run = testing::run([7u64], move |b| {
-        b.stage(stage::map_fn("probed", move |n: u64| {
+        b.stage(stage::map_fn("probed", move |_n: u64| {
             // Calls 1-3 fail (the first opens the breaker; 2 and 3 are failed probes),
             // the 4th, a probe too, fails for good.
             let call = c.fetch_add(1, Ordering::SeqCst) + 1;
