@@ -143,8 +143,11 @@ pub trait Stage: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Called by the supervisor after a call panicked, before the stage is used again:
-    /// rebuild per-stage mutable state here. Shared state given at construction survives.
+    /// Called by the policy engine after every call that panicked, before the stage is
+    /// used again (so before the retry that follows the panic): rebuild per-stage mutable
+    /// state here. Shared state given at construction survives. The restart limit
+    /// ([`RestartOptions`](crate::options::RestartOptions)) counts once per item, however
+    /// many of its attempts panicked.
     ///
     /// # Errors
     ///

@@ -637,3 +637,38 @@ async fn hooks_and_dead_letter_items_survive_every_policy() {
         run.dead_letters
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn dead_letters_report_attempts_and_probes_apart() {
+    use pipeline_core::policy::{Fault, Permanent};
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&calls);
+    let mut breaker = BreakerOptions::default();
+    breaker.window = Window::Count(1);
+    breaker.min_calls = 1;
+    breaker.half_open = 1;
+    breaker.open_for = Duration::from_secs(1);
+    let mut retry = RetryOptions::new(2);
+    retry.backoff = Duration::from_millis(10);
+    retry.jitter = false;
+    let run = testing::run([7u64], move |b| {
+        b.stage(stage::map_fn("probed", move |_n: u64| {
+            // Calls 1-3 fail (the first opens the breaker; 2 and 3 are failed probes),
+            // the 4th, a probe too, fails for good.
+            let call = c.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if call < 4 {
+                    Err(Down)?;
+                }
+                Err::<u64, Fault<Down>>(Permanent(Down).into())
+            }
+        }))
+        .breaker(breaker)
+        .retry(retry)
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    let dl = &run.dead_letters[0];
+    assert_eq!((dl.attempts, dl.probes), (2, 2), "{dl:?}");
+    assert!(run.report.is_balanced());
+}

@@ -458,9 +458,10 @@ impl<S: Stage> Policies<S> {
                 }
             }
         }
-        let kept = match self.clone_in {
-            Some(clone) if self.copy_first => Some(clone(&item)),
-            _ => None,
+        let kept = if self.copy_first {
+            self.clone_in.map(|clone| clone(&item))
+        } else {
+            None
         };
         // A hand-written `call` may panic before it returns its future.
         match catch_unwind(AssertUnwindSafe(|| self.stage.call(item, cx))) {
@@ -1130,7 +1131,8 @@ where
                 let engine: &'a Policies<S> = engine;
                 let failure = match catch_unwind(AssertUnwindSafe(|| call.poll(tcx))) {
                     Ok(Poll::Ready(Ok(output))) => {
-                        if engine.breaker.is_some() {
+                        // Admitted by a clean breaker: one more success in its tally.
+                        if admit.is_some() {
                             engine.succeeded(*admit);
                         }
                         return Poll::Ready(CallOutcome::ok(output));
