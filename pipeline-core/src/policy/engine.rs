@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::Context;
-use crate::Stage;
+use crate::context::Context;
 use crate::error::chain;
 use crate::options::{BreakerMode, OnError, RetryOptions, RetryWhen, StageOptions};
 use crate::policy::backoff::{Backoff, Schedule};
@@ -33,6 +32,7 @@ use crate::policy::failure::Failure;
 use crate::policy::rate::RateLimiter;
 use crate::policy::timeout::Elapsed;
 use crate::stage::CloneFn;
+use crate::stage::Stage;
 use crate::supervise::{Supervisor, Verdict};
 
 /// What one item's call through [`Policies::attempt`] came to.

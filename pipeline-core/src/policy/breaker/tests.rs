@@ -6,10 +6,11 @@ use std::time::Duration;
 use tokio::time::{Instant, advance};
 
 use super::*;
+use crate::context::Context;
 use crate::options::StageOptions;
 use crate::options::{BreakerMode, BreakerOptions, Window};
 use crate::policy::{Failure, Fault, Permanent, Policies};
-use crate::{Context, Map, Stage};
+use crate::stage::{Map, Stage};
 
 const SLOW: Duration = Duration::from_millis(100);
 

@@ -2,9 +2,9 @@
 //! retries, budget, deadlines, probes and restarts.
 
 use super::*;
-use crate::Map;
 use crate::options::{BreakerOptions, RateOptions, RestartOptions, Window};
 use crate::policy::{BreakerState, Fault, Permanent, PolicyCounts};
+use crate::stage::Map;
 use std::sync::atomic::{AtomicBool, AtomicU32};
 
 fn ms(n: u64) -> Duration {
