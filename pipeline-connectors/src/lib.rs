@@ -30,11 +30,11 @@ pub mod jsonl;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod table;
 
-#[cfg(feature = "postgres")]
-pub mod postgres;
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
-#[cfg(feature = "redis")]
-pub mod redis;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
