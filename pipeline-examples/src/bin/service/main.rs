@@ -3,13 +3,15 @@
 //! ```text
 //! cargo run -p pipeline-examples --bin service -- [--addr 127.0.0.1:8080]
 //!     [--max-in-flight 512] [--body-limit 4096] [--report-json report.json]
+//!     [--wait-timeout-ms 10000]
 //! ```
 //!
 //! - `POST /events` with a JSON event (`{"id": 1, "user": "ann", "amount_cents": 250}`):
 //!   `202 Accepted`, or `503` with `Retry-After` when the pipeline holds
 //!   `--max-in-flight` events;
 //! - `POST /events?wait=true`: waits for the event's outcome and answers it as JSON,
-//!   with the stage and error when it was not delivered (`422`);
+//!   with the stage and error when it was not delivered (`422`); `504` when no outcome
+//!   came within `--wait-timeout-ms` (default 10 s);
 //! - `GET /metrics` (Prometheus text), `GET /stats` (JSON), `GET /topology` (Mermaid,
 //!   `?format=dot` for DOT), `GET /health`, and `GET /`: a live page of the topology.
 //!
@@ -49,6 +51,7 @@ struct Args {
     max_in_flight: usize,
     body_limit: usize,
     report_json: Option<std::path::PathBuf>,
+    wait_timeout: Duration,
 }
 
 fn args() -> Result<Args, String> {
@@ -57,6 +60,7 @@ fn args() -> Result<Args, String> {
         max_in_flight: 512,
         body_limit: 4096,
         report_json: None,
+        wait_timeout: Duration::from_secs(10),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,9 +76,15 @@ fn args() -> Result<Args, String> {
                 args.body_limit = value()?.parse().map_err(|e| format!("--body-limit: {e}"))?;
             }
             "--report-json" => args.report_json = Some(value()?.into()),
+            "--wait-timeout-ms" => {
+                let ms = value()?
+                    .parse()
+                    .map_err(|e| format!("--wait-timeout-ms: {e}"))?;
+                args.wait_timeout = Duration::from_millis(ms);
+            }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --addr, --max-in-flight, --body-limit, --report-json"
+                    "unknown argument `{other}`; expected --addr, --max-in-flight, --body-limit, --report-json, --wait-timeout-ms"
                 ));
             }
         }
@@ -88,6 +98,7 @@ struct App {
     ingest: Ingest<Event>,
     metrics: PrometheusHandle,
     page: Arc<str>,
+    wait_timeout: Duration,
 }
 
 /// `?wait=true`.
@@ -122,9 +133,23 @@ async fn post_event(
         Err(rejection) => return refuse(rejection),
     };
     if params.wait {
-        match app.ingest.send_and_wait(event).await {
-            Ok(settled) => settled.into_response(),
-            Err(closed) => closed.into_response(),
+        // `send_and_wait` waits for admission, then for the outcome, with no way to
+        // tell the two apart: bound the whole wait. Under a saturating `try_send` load a
+        // waiting sender can lose every race for a freed slot.
+        match tokio::time::timeout(app.wait_timeout, app.ingest.send_and_wait(event)).await {
+            Ok(Ok(settled)) => settled.into_response(),
+            Ok(Err(closed)) => closed.into_response(),
+            Err(_) => {
+                let error = format!(
+                    "no outcome within {:?}; the event may still be in the pipeline",
+                    app.wait_timeout
+                );
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Json(serde_json::json!({ "error": error })),
+                )
+                    .into_response()
+            }
         }
     } else {
         match app.ingest.try_send(event) {
@@ -214,6 +239,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         ingest,
         metrics,
         page: page::render(&graph).into(),
+        wait_timeout: args.wait_timeout,
     };
     let router = Router::new()
         .route("/", get(index))

@@ -101,12 +101,18 @@ impl Directory {
     }
 }
 
+/// An unavailable directory may answer next time; an unknown user never will, so it is
+/// not retried and does not count against the breaker.
+pub(crate) fn is_transient(error: &DirectoryError) -> bool {
+    matches!(error, DirectoryError::Unavailable(_))
+}
+
 /// Looks the user up in the directory, under a timeout, with retries and a breaker that
 /// makes the pipeline wait (not dump events) while the directory is down.
 #[stage(
     concurrency = 32,
     timeout = "100ms",
-    retry(attempts = 4, backoff = "5ms", max_backoff = "50ms", jitter),
+    retry(attempts = 4, backoff = "5ms", max_backoff = "50ms", jitter, when = is_transient),
     breaker(
         failure_rate = 0.5,
         window = 20,
