@@ -524,6 +524,84 @@ async fn load_with_bad_requests_then_sigterm_mid_load_drains_every_accepted_even
     assert!(u(&report["delivered"]) > 0 && u(&report["filtered"]) > 0);
 }
 
+/// The dependency goes down: `enrich`'s breaker opens and the pipeline waits (health
+/// `degraded`, events held, not dead-lettered), then resumes when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_opens_the_breaker_and_the_pipeline_waits_instead_of_dead_lettering() {
+    let dir = tempdir("outage");
+    let mut server = start(&dir).await;
+    let addr = server.addr;
+    let admin = |down: bool| async move {
+        let path = format!("/admin/directory?down={down}");
+        let reply = request(addr, "POST", &path, None, b"").await.unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+    };
+    admin(true).await;
+    let mut accepted = 0;
+    for id in 0..40u64 {
+        let body = serde_json::json!({ "id": id, "user": "ann", "amount_cents": 1 }).to_string();
+        let reply = request(
+            addr,
+            "POST",
+            "/events",
+            Some("application/json"),
+            body.as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            reply.status, 202,
+            "40 events fit under max_in_flight: {reply:?}"
+        );
+        accepted += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let open = loop {
+        let stats = get_json(addr, "/stats").await;
+        if stage(&stats, "enrich")["breaker"] == "open" {
+            break stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never opened: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(get_json(addr, "/health").await["health"], "degraded");
+    // The breaker holds the events: most are still in flight, waiting, not dumped.
+    let held = u(&open["in_flight"]);
+    let dumped = u(&stage(&open, "enrich")["errors"]);
+    eprintln!("breaker open: {held} events held, {dumped} dead-lettered before it opened");
+    assert!(held >= 30, "{open}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    admin(false).await;
+    let stats = settle(addr).await;
+    assert_eq!(u(&stats["in_flight"]), 0, "{stats}");
+    assert_eq!(stage(&stats, "enrich")["breaker"], "closed", "{stats}");
+    assert_eq!(get_json(addr, "/health").await["health"], "running");
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.child.wait().await.unwrap().success());
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&server.report).unwrap()).unwrap();
+    eprintln!(
+        "outage report: emitted {}, delivered {}, dead-lettered {}",
+        report["emitted"], report["delivered"], report["dead_lettered"]
+    );
+    assert_eq!(u(&report["emitted"]), accepted);
+    assert_eq!(
+        u(&report["delivered"]) + u(&report["dead_lettered"]),
+        accepted,
+        "{report}"
+    );
+    // Only the few events whose attempts ran out before the breaker opened (or on a
+    // failed half-open probe) were dead-lettered.
+    assert!(u(&report["dead_lettered"]) <= 8, "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_page_renders_counts_in_headless_chromium() {
     let chromium = Path::new("/usr/bin/chromium");

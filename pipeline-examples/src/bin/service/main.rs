@@ -12,6 +12,9 @@
 //! - `POST /events?wait=true`: waits for the event's outcome and answers it as JSON,
 //!   with the stage and error when it was not delivered (`422`); `504` when no outcome
 //!   came within `--wait-timeout-ms` (default 10 s);
+//! - `POST /admin/directory?down=true` (or `false`) takes the simulated dependency down
+//!   (or back up): `enrich`'s breaker opens and the pipeline waits instead of
+//!   dead-lettering, then resumes;
 //! - `GET /metrics` (Prometheus text), `GET /stats` (JSON), `GET /topology` (Mermaid,
 //!   `?format=dot` for DOT), `GET /health`, and `GET /`: a live page of the topology.
 //!
@@ -42,7 +45,7 @@ use pipeline_core::source::Ingest;
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 
-use stages::{Event, Ledger};
+use stages::{Directory, Event, Ledger};
 
 /// Command-line settings.
 #[derive(Debug)]
@@ -99,6 +102,7 @@ struct App {
     metrics: PrometheusHandle,
     page: Arc<str>,
     wait_timeout: Duration,
+    directory: Arc<Directory>,
 }
 
 /// `?wait=true`.
@@ -161,6 +165,19 @@ async fn post_event(
             Err(full_or_closed) => full_or_closed.into_response(),
         }
     }
+}
+
+/// `?down=true|false`.
+#[derive(Debug, Deserialize)]
+struct Outage {
+    down: bool,
+}
+
+/// Takes the simulated directory down or brings it back, to watch the breaker.
+async fn set_directory(State(app): State<App>, Query(outage): Query<Outage>) -> Response {
+    app.directory.set_down(outage.down);
+    eprintln!("service: directory down = {}", outage.down);
+    Json(serde_json::json!({ "down": outage.down })).into_response()
 }
 
 async fn render_metrics(State(app): State<App>) -> impl IntoResponse {
@@ -229,7 +246,12 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     });
 
     let ledger = Arc::new(Ledger::default());
-    let pipeline = stages::build(args.max_in_flight, Arc::clone(&ledger));
+    let directory = Arc::new(Directory::default());
+    let pipeline = stages::build(
+        args.max_in_flight,
+        Arc::clone(&directory),
+        Arc::clone(&ledger),
+    );
     let graph = pipeline.graph().clone();
     let handle = pipeline.spawn();
     let ingest = handle
@@ -240,11 +262,13 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         metrics,
         page: page::render(&graph).into(),
         wait_timeout: args.wait_timeout,
+        directory,
     };
     let router = Router::new()
         .route("/", get(index))
         .route("/events", post(post_event))
         .route("/metrics", get(render_metrics))
+        .route("/admin/directory", post(set_directory))
         .with_state(app)
         .merge(pipeline_core::axum::router(handle.control(), &graph))
         .layer(DefaultBodyLimit::max(args.body_limit));

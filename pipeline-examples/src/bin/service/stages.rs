@@ -2,7 +2,7 @@
 //! retries and a circuit breaker), drop test events, and a ledger sink.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pipeline_core::prelude::*;
@@ -66,10 +66,12 @@ pub(crate) fn validate(event: Event) -> Result<Event, Invalid> {
 
 /// The simulated user directory: a few milliseconds per call, a transient failure on
 /// one call in 25, a call slower than the stage's timeout on one in 101, and users
-/// named `ghost*` it never knows.
+/// named `ghost*` it never knows. It can be taken down (`POST /admin/directory?down=true`):
+/// then every call fails as unavailable, and `enrich`'s breaker opens.
 #[derive(Debug, Default)]
 pub(crate) struct Directory {
     calls: AtomicU64,
+    down: AtomicBool,
 }
 
 /// What the directory answers when it fails.
@@ -82,8 +84,17 @@ pub(crate) enum DirectoryError {
 }
 
 impl Directory {
+    /// Takes the directory down, or brings it back.
+    pub(crate) fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+    }
+
     pub(crate) async fn tier(&self, user: &str) -> Result<Tier, DirectoryError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.down.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            return Err(DirectoryError::Unavailable(call));
+        }
         let slow = call % 101 == 50;
         let wait = if slow { 250 } else { 1 + call % 3 };
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -145,11 +156,15 @@ pub(crate) struct Ledger {
 }
 
 /// The pipeline, not yet spawned: `ingest -> validate -> enrich -> drop_tests -> ledger`.
-pub(crate) fn build(max_in_flight: usize, ledger: Arc<Ledger>) -> Pipeline {
+pub(crate) fn build(
+    max_in_flight: usize,
+    directory: Arc<Directory>,
+    ledger: Arc<Ledger>,
+) -> Pipeline {
     Pipeline::builder("service")
         .ingest::<Event>(IngestOptions::buffer(256).max_in_flight(max_in_flight))
         .stage(Validate)
-        .stage(Enrich::new(Directory::default()))
+        .stage(Enrich::new(directory))
         .stage(DropTests)
         .sink(sink::for_each(move |e: Enriched| {
             let ledger = Arc::clone(&ledger);
