@@ -573,7 +573,19 @@ async fn outage_opens_the_breaker_and_the_pipeline_waits_instead_of_dead_letteri
     let dumped = u(&stage(&open, "enrich")["errors"]);
     eprintln!("breaker open: {held} events held, {dumped} dead-lettered before it opened");
     assert!(held >= 30, "{open}");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The live page shows it: `enrich`'s box is marked open (or half-open, probing).
+    require_chromium();
+    let url = format!("http://{addr}/");
+    let dom = run_chromium(&dir, &["--virtual-time-budget=1500", "--dump-dom", &url]).await;
+    assert!(
+        dom.contains(r#"class="node open" id="node-enrich""#)
+            || dom.contains(r#"class="node half_open" id="node-enrich""#),
+        "enrich's box is marked open:\n{dom}"
+    );
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("service-breaker-open.png");
+    let screenshot_flag = format!("--screenshot={}", shot.display());
+    run_chromium(&dir, &[&screenshot_flag, "--window-size=1200,800", &url]).await;
+    eprintln!("screenshot: {}", shot.display());
     admin(false).await;
     let stats = settle(addr).await;
     assert_eq!(u(&stats["in_flight"]), 0, "{stats}");
@@ -604,12 +616,7 @@ async fn outage_opens_the_breaker_and_the_pipeline_waits_instead_of_dead_letteri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_page_renders_counts_in_headless_chromium() {
-    let chromium = Path::new("/usr/bin/chromium");
-    assert!(
-        chromium.exists(),
-        "/usr/bin/chromium is missing: run pipeline-examples/tests/install-chromium.sh \
-         (Debian's `chromium` package) before this test"
-    );
+    require_chromium();
     let dir = tempdir("page");
     let mut server = start(&dir).await;
     let addr = server.addr;
@@ -681,6 +688,15 @@ async fn live_page_renders_counts_in_headless_chromium() {
         .unwrap()
         .unwrap();
     assert!(exit.success());
+}
+
+/// Fails with what to do when Chromium is not installed.
+fn require_chromium() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: run pipeline-examples/tests/install-chromium.sh \
+         (Debian's `chromium` package) before this test"
+    );
 }
 
 /// Runs headless Chromium with the flags this machine needs; its stdout.
