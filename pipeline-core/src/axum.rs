@@ -207,7 +207,8 @@ pub struct Served {
 /// shutdown, and a `send_and_wait` request in flight could see its event cut off. Stopped
 /// in this order, every request the server took was answered by a running pipeline, and
 /// every event it answered `202` for is in the pipeline when the drain starts, so it
-/// reaches an outcome and is counted in the report.
+/// reaches an outcome and is counted in the report (as `abandoned` only if the drain
+/// outlives the pipeline's shutdown deadline).
 ///
 /// The pipeline is drained even when the server failed; both results are returned. The
 /// drain is bounded by the pipeline's shutdown deadline
