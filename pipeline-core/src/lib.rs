@@ -115,6 +115,8 @@
 #![forbid(unsafe_code)]
 
 pub mod ack;
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod context;
 pub mod dead_letter;
 mod edge;

@@ -1,8 +1,16 @@
-#!/usr/bin/env bash
-# Debian's Chromium for the service's page test (headless; no browser download of its own).
-set -euo pipefail
-command -v chromium >/dev/null && exit 0
+#!/bin/sh
+# Installs Debian's Chromium for the `service` test's headless page check, if absent.
+# Called from .ci/run; safe to run again (does nothing when /usr/bin/chromium exists).
+set -eu
+if [ -x /usr/bin/chromium ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq chromium >/dev/null
-chromium --version
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q chromium
+/usr/bin/chromium --version
