@@ -112,6 +112,7 @@
 //! | [`graph`] | Mermaid / DOT rendering of the topology |
 //! | [`error`] | `BoxError`, error chains |
 //! | `testing` (feature `testing`) | run a chain over a list, inject faults, paused time |
+//! | `axum` (feature `axum`) | responses for ingest answers and stats, a `/stats` router, serve-then-drain shutdown |
 #![forbid(unsafe_code)]
 
 pub mod ack;
