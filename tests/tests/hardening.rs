@@ -779,3 +779,37 @@ async fn stats_show_a_recent_rate_beside_the_lifetime_average() {
     drop(ingest);
     handle.join().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_retry_predicate_fails_its_item_only() {
+    quiet_panics();
+    let (dead, letters) = sink::collect();
+    let (sink, out) = sink::collect();
+    let retry = pipeline_core::options::RetryOptions::new(3).retry_when(|e| {
+        if e.to_string().contains("boom") {
+            panic!("always: predicate on {e}");
+        }
+        true
+    });
+    let report = Pipeline::builder("when")
+        .source(source::iter(["1", "boom", "2"].map(String::from)))
+        .stage(stage::map_fn("parse", |s: String| async move {
+            if s == "boom" {
+                Err(std::io::Error::other("boom"))
+            } else {
+                Ok(s)
+            }
+        }))
+        .retry(retry)
+        .sink(sink)
+        .dead_letter(dead)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(out.take(), ["1", "2"]);
+    let letters = letters.take();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1, "a panicking predicate means no retry");
+    assert_eq!(report.stage("parse").unwrap().panics, 1);
+    assert!(report.is_balanced());
+}

@@ -350,7 +350,13 @@ impl<S: Stage> Results<'_, S> {
                         .unwrap_or(record.last_failure);
                 }
                 if let (Some(show), Some(item)) = (S::DEAD_LETTER_ITEM, item.as_ref()) {
-                    record.item = show(item);
+                    // A `Serialize` or `Debug` impl is user code too.
+                    record.item =
+                        catch_unwind(AssertUnwindSafe(|| show(item))).unwrap_or_else(|payload| {
+                            task.counters
+                                .panicked("show item", &crate::error::panic_message(&*payload));
+                            None
+                        });
                 }
                 self.dead.push(origin, idx, record, 1);
             }

@@ -930,8 +930,26 @@ impl<S: Stage> Policies<S> {
         }
     }
 
-    /// Whether `failure` must not be retried (nor counted by the breaker).
+    /// Whether `failure` must not be retried (nor counted by the breaker). The stage's
+    /// `is_permanent` and a `retry(when = ..)` predicate are user code: one that panics
+    /// makes the failure permanent (the item goes to `on_error`), counted and traced.
     fn is_permanent(&self, failure: &Failure<S::Error>) -> bool {
+        match catch_unwind(AssertUnwindSafe(|| self.classify(failure))) {
+            Ok(permanent) => permanent,
+            Err(payload) => {
+                self.counters.record(Event::Panic);
+                let message = crate::error::panic_message(&*payload);
+                tracing::error!(
+                    stage = self.counters.stage(),
+                    message,
+                    "retry predicate panicked; the error counts as permanent"
+                );
+                true
+            }
+        }
+    }
+
+    fn classify(&self, failure: &Failure<S::Error>) -> bool {
         match failure {
             Failure::Call(error) => {
                 self.stage.is_permanent(error)
