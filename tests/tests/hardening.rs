@@ -809,7 +809,10 @@ async fn a_panicking_retry_predicate_fails_its_item_only() {
     assert_eq!(out.take(), ["1", "2"]);
     let letters = letters.take();
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].attempts, 1, "a panicking predicate means no retry");
+    assert_eq!(
+        letters[0].attempts, 1,
+        "a panicking predicate means no retry"
+    );
     assert_eq!(report.stage("parse").unwrap().panics, 1);
     assert!(report.is_balanced());
 }
