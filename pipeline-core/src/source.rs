@@ -1,11 +1,11 @@
 //! Sources: where items come from. Built-ins: [`iter`], [`stream`] and [`ingest`].
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use futures::{Stream, StreamExt};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::ack::{Ack, Outcome, Reason};
 use crate::error::BoxError;
@@ -428,38 +428,34 @@ impl From<usize> for IngestOptions {
 
 /// The admission count: accepted items not yet finished.
 #[derive(Debug)]
+///
+/// A semaphore of `limit` slots: a freed slot goes to the longest waiting `send` first,
+/// so callers that wait are not starved by `try_send` callers racing them.
 struct Admission {
     limit: usize,
-    held: AtomicUsize,
-    freed: Notify,
+    slots: tokio::sync::Semaphore,
 }
 
 impl Admission {
     fn try_take(&self) -> bool {
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held < self.limit).then_some(held + 1)
-            })
-            .is_ok()
+        self.slots.try_acquire().map(|p| p.forget()).is_ok()
     }
 
     async fn take(&self) {
-        loop {
-            let freed = self.freed.notified();
-            let mut freed = std::pin::pin!(freed);
-            freed.as_mut().enable();
-            if self.try_take() {
-                return;
-            }
-            freed.await;
+        // The semaphore is never closed.
+        if let Ok(permit) = self.slots.acquire().await {
+            permit.forget();
         }
     }
 
     fn release(&self, n: usize) {
         if n > 0 {
-            self.held.fetch_sub(n, Ordering::AcqRel);
-            self.freed.notify_waiters();
+            self.slots.add_permits(n);
         }
+    }
+
+    fn held(&self) -> usize {
+        self.limit.saturating_sub(self.slots.available_permits())
     }
 }
 
@@ -536,9 +532,8 @@ pub fn ingest<T: Send + 'static>(
     let (tx, rx) = mpsc::channel(options.buffer.max(1));
     let admission = options.max_in_flight.map(|limit| {
         Arc::new(Admission {
-            limit,
-            held: AtomicUsize::new(0),
-            freed: Notify::new(),
+            limit: limit.min(tokio::sync::Semaphore::MAX_PERMITS),
+            slots: tokio::sync::Semaphore::new(limit.min(tokio::sync::Semaphore::MAX_PERMITS)),
         })
     });
     (
@@ -663,9 +658,7 @@ impl<T: Send + 'static> Ingest<T> {
 
     /// Items accepted and not yet finished, when an admission bound is set.
     pub fn in_flight(&self) -> Option<usize> {
-        self.admission
-            .as_ref()
-            .map(|a| a.held.load(Ordering::Acquire))
+        self.admission.as_ref().map(|a| a.held())
     }
 }
 
