@@ -31,7 +31,9 @@ pub enum Outcome {
     DeadLettered = 3,
     /// `on_error = fail`, or the dead-letter write itself failed.
     Failed = 4,
-    /// Still in flight when a shutdown's deadline passed.
+    /// Never finished: still in flight when a shutdown's deadline passed, accepted by an
+    /// ingest source but not yet taken then, or held by a task that stopped (a batch
+    /// dropped without an outcome). Not acknowledged: a broker redelivers it.
     Abandoned = 5,
 }
 
@@ -297,7 +299,8 @@ impl Origin {
         }
     }
 
-    /// One more unfinished descendant of item `idx` (a flat-map child or a fan-out copy).
+    /// `n` more unfinished descendants (flat-map children or fan-out copies); their
+    /// outcomes are marked on their item when they finish.
     #[inline]
     pub(crate) fn add_pending(&self, n: usize) {
         self.pending.fetch_add(n, Ordering::Relaxed);

@@ -46,7 +46,7 @@ use crate::options::StageOptions;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a pipeline stage",
     label = "this type does not implement `Stage`",
-    note = "annotate an `async fn` with `#[stage]`, use `stage::from_fn`, or implement `Stage` by hand"
+    note = "annotate an `async fn` with `#[stage]`, use `stage::map_fn` (or `filter_fn`, `flat_map_fn`), or implement `Stage` by hand"
 )]
 pub trait Stage: Send + Sync + 'static {
     /// The item this stage consumes.

@@ -30,7 +30,8 @@ pub struct RunReport {
     pub dead_lettered: u64,
     /// Failed (`on_error = fail`, or the dead-letter write failed).
     pub failed: u64,
-    /// Still in flight when a shutdown deadline passed.
+    /// Never finished: in flight (or accepted by an ingest source) when a shutdown
+    /// deadline passed, or held by a task that stopped.
     pub abandoned: u64,
     /// Wall time from spawn to the end (seconds, a float, in JSON).
     #[serde(with = "crate::wire::secs")]
