@@ -205,6 +205,24 @@ impl<S: Stage> Results<'_, S> {
         outcome: Outcome_<S>,
     ) -> Option<Children<S>> {
         if *direct {
+            // The common case first: one output, nothing to report, no tries to read.
+            let outcome = match outcome.into_ok() {
+                Ok(output) => {
+                    let mut items = <S::Shape as Shape<S::Output>>::items(output);
+                    // Not a flat-map: one output at most.
+                    if let Some(first) = items.next() {
+                        self.tally.completed += 1;
+                        batch.push_output(first);
+                        return None;
+                    }
+                    self.leave_direct(batch, direct);
+                    self.tally.completed += 1;
+                    self.tally.filtered += 1;
+                    origin.finish(idx, Outcome::Filtered);
+                    return None;
+                }
+                Err(outcome) => outcome,
+            };
             let (result, tries, input) = outcome.split();
             match result {
                 Ok(output) => {

@@ -117,6 +117,20 @@ impl<T, E, I> CallOutcome<T, E, I> {
         self.rare.as_ref().map_or(0, |r| r.restarts)
     }
 
+    /// The output of a call that succeeded at its first attempt with nothing else to
+    /// report (the common case), else the outcome back: the runner's fast path reads no
+    /// tries and builds no [`Tried`] for it.
+    #[inline(always)]
+    pub(crate) fn into_ok(self) -> Result<T, Self> {
+        match self {
+            CallOutcome {
+                result: Ok(output),
+                rare: None,
+            } => Ok(output),
+            other => Err(other),
+        }
+    }
+
     /// The result, what the dead letter needs of the tries, and the input.
     #[inline(always)]
     pub(crate) fn split(self) -> (Result<T, E>, Tried, Option<I>) {
