@@ -31,7 +31,7 @@ USAGE:
     --quick       shorter runs (~0.25 s each instead of >= 1 s)
     --smoke       tiny fixed sizes, 2 rounds: checks that everything runs (CI); writes nothing
     --rounds N    interleaved rounds (default 5)
-    --only LIST   comma-separated subset of: map4,string,io,latency,memory
+    --only LIST   comma-separated subset of: map4,string,io,cpu,latency,memory
     --no-write    do not update pipeline-bench/RESULTS.md and ratios.svg
 
     callgrind     instructions per item under valgrind on a current_thread runtime:
@@ -458,6 +458,19 @@ fn ratios(opts: &Opts) -> Res<()> {
              the ideal 64 / 1 ms = 64000/s is out of reach: tokio rounds timers up to the next ms).\n",
             report::median(g.rates(V::IoFw)),
             report::median(g.rates(V::IoHand))
+        ));
+    }
+
+    if opts.wants("cpu") {
+        eprintln!("cpu-bound:");
+        let start = if smoke { 200 } else { 20_000 };
+        let g = run_group(&rt, Ty::U64, &[V::Cpu1, V::Cpu2], start, opts)?;
+        rows.push(Row::new(
+            "cpu-bound sync #[stage] (~20 us/item), 2 cores",
+            "concurrency 2 / concurrency 1",
+            Unit::Ratio,
+            g.ratio(V::Cpu2, V::Cpu1),
+            Target::AtLeast(1.6),
         ));
     }
 

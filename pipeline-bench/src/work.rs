@@ -175,10 +175,15 @@ pub(crate) enum V {
     IoFw,
     /// io-bound: `buffer_unordered(64)` over the same awaits.
     IoHand,
+    /// cpu-bound: one `#[stage]` plain fn doing ~20 µs of arithmetic per item,
+    /// concurrency 1.
+    Cpu1,
+    /// The same fn with `concurrency = 2`: its calls run on worker tasks.
+    Cpu2,
 }
 
 impl V {
-    pub(crate) const ALL: [V; 11] = [
+    pub(crate) const ALL: [V; 13] = [
         V::BItem,
         V::BBatch,
         V::BBatchSync,
@@ -190,6 +195,8 @@ impl V {
         V::FwSync,
         V::IoFw,
         V::IoHand,
+        V::Cpu1,
+        V::Cpu2,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -205,6 +212,8 @@ impl V {
             V::FwSync => "map4-sync",
             V::IoFw => "io-bound",
             V::IoHand => "io-hand",
+            V::Cpu1 => "cpu-1",
+            V::Cpu2 => "cpu-2",
         }
     }
 
@@ -222,10 +231,12 @@ pub(crate) fn run(v: V, ty: Ty, n: u64) -> Res<Run> {
             V::FwSync => Box::pin(fw_sync(n)),
             V::IoFw => Box::pin(io_fw(n)),
             V::IoHand => Box::pin(io_hand(n)),
+            V::Cpu1 => Box::pin(cpu(n, false)),
+            V::Cpu2 => Box::pin(cpu(n, true)),
             _ => map4::<u64>(v, n),
         }),
         Ty::Str => match v {
-            V::FwMacro | V::FwHand | V::FwSync | V::IoFw | V::IoHand => {
+            V::FwMacro | V::FwHand | V::FwSync | V::IoFw | V::IoHand | V::Cpu1 | V::Cpu2 => {
                 Err(format!("{} runs on u64 items only", v.name()).into())
             }
             _ => Ok(map4::<String>(v, n)),
@@ -449,6 +460,39 @@ async fn io_fw(n: u64) -> Res<Tally> {
         }))
         .concurrency(IO_CONCURRENCY)
         .sink(sink);
+    finish::<u64>(ready, out, n).await
+}
+
+/// ~20 µs of dependent arithmetic: CPU-bound work no await can overlap.
+fn crunch_work(x: u64) -> u64 {
+    let mut h = x;
+    for _ in 0..20_000 {
+        h = std::hint::black_box(
+            h.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
+    }
+    std::hint::black_box(h)
+}
+
+#[pipeline_core::stage]
+fn crunch_one(x: u64) -> u64 {
+    crunch_work(x)
+}
+
+#[pipeline_core::stage(concurrency = 2)]
+fn crunch_two(x: u64) -> u64 {
+    crunch_work(x)
+}
+
+async fn cpu(n: u64, two: bool) -> Res<Tally> {
+    let (sink, out) = TallySink::<u64>::new();
+    let b = Pipeline::builder("cpu-bound").source(source::iter(0..n));
+    let ready = if two {
+        b.stage(CrunchTwo).sink(sink)
+    } else {
+        b.stage(CrunchOne).sink(sink)
+    };
     finish::<u64>(ready, out, n).await
 }
 

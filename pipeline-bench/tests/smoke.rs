@@ -25,6 +25,7 @@ fn every_workload_runs_at_smoke_sizes() {
         "map4-guarded u64",
         "macro-vs-hand u64",
         "io-bound",
+        "cpu-bound sync #[stage]",
         "latency @ 50% of max, map4",
         "latency @ 50% of max, B-batch",
         "slow-sink memory, framework",

@@ -297,6 +297,27 @@ where
     }
 }
 
+/// Runs a plain `fn` stage declared with `concurrency > 1` on a runtime worker task, so
+/// that concurrent calls of CPU-bound work use several cores. A panic in `f` is resumed
+/// here, so the stage's panic capture sees it as a panic of this attempt.
+///
+/// # Panics
+///
+/// If `f` panicked (the same payload), or if the runtime shut down before `f` ran.
+pub async fn run_on_worker<F, R>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match tokio::task::spawn(async move { f() }).await {
+        Ok(output) => output,
+        Err(error) => match error.try_into_panic() {
+            Ok(payload) => std::panic::resume_unwind(payload),
+            Err(error) => panic!("stage call did not run: {error}"),
+        },
+    }
+}
+
 // Hidden checks. The macro writes `where UserType: Check` on the `Stage` impl, spanned on
 // the user's type, so an unsatisfied bound is reported once, on the argument or return
 // type that causes it. Each check has the bounds of its use as supertraits: a false one

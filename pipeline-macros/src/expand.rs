@@ -290,6 +290,13 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 /// retries lend the one item to every attempt instead of cloning it.
 fn call(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
     let blocking = Args::is_set(&args.blocking);
+    // A plain (CPU-bound) fn declared with concurrency > 1 runs each call on a worker
+    // task, so that many calls use that many of the runtime's cores; it takes its
+    // arguments along as a `blocking` one does.
+    let on_worker = !blocking
+        && stage.asyncness.is_none()
+        && args.concurrency.get().is_some_and(|c| c.value > 1);
+    let moves = blocking || on_worker;
     let uses_cx = stage.args.iter().any(|arg| matches!(arg, Arg::Context));
     let cx = if uses_cx { quote!(cx) } else { quote!(_cx) };
 
@@ -304,7 +311,7 @@ fn call(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
         quote!(impl #p::Future<Output = #p::Result<Self::Output, Self::Error>> + #p::Send),
         sig_span,
     );
-    let by_value = body(p, stage, blocking, quote!(&item));
+    let by_value = body(p, stage, moves, on_worker, quote!(&item));
     let mut tokens = quote! {
         fn call(&self, item: Self::In, #cx: &#p::Context) -> #ret {
             async move { #by_value }
@@ -321,15 +328,15 @@ fn call(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
         .retry
         .get()
         .filter(|r| r.value.attempts.get().is_some());
-    if let (Some(retry), false) = (retried, borrows && !blocking) {
+    if let (Some(retry), false) = (retried, borrows && !moves) {
         let input = &stage.input;
         let copy = respan(quote!(#p::clone_input::<#input>), retry.key);
         tokens.extend(quote_spanned! {retry.key=>
             const CLONE_IN: #p::Option<#p::CloneFn<Self::In>> = #p::Some(#copy);
         });
     }
-    if borrows && !blocking {
-        let borrowed = body(p, stage, blocking, quote!(item));
+    if borrows && !moves {
+        let borrowed = body(p, stage, false, false, quote!(item));
         let ret_ref = respan(
             quote!(impl #p::Future<Output = #p::Result<Self::Output, Self::Error>> + #p::Send + 'pipeline_item),
             sig_span,
@@ -350,9 +357,16 @@ fn call(p: &TokenStream, stage: &StageFn, args: &Args) -> TokenStream {
 }
 
 /// The statements of one call: set-up of state and context, the call (awaited, on the
-/// blocking pool, or plain) and the wrapping of an infallible result. `input` is how a
-/// borrowed input is passed (`&item` when `item` is owned, `item` when it is a reference).
-fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) -> TokenStream {
+/// blocking pool or a worker task when `blocking` (the call moves to another thread), or
+/// plain) and the wrapping of an infallible result. `input` is how a borrowed input is
+/// passed (`&item` when `item` is owned, `item` when it is a reference).
+fn body(
+    p: &TokenStream,
+    stage: &StageFn,
+    blocking: bool,
+    on_worker: bool,
+    input: TokenStream,
+) -> TokenStream {
     let func = &stage.ident;
     let mut setup = Vec::new();
     let mut call_args = Vec::new();
@@ -387,7 +401,9 @@ fn body(p: &TokenStream, stage: &StageFn, blocking: bool, input: TokenStream) ->
 
     let mut result = quote!(#func(#(#call_args),*));
     let shared: Vec<_> = stage.shared_state().map(|state| &state.ty).collect();
-    if blocking {
+    if on_worker {
+        result = quote!(#p::run_on_worker(move || #result).await);
+    } else if blocking {
         result = quote!(#p::run_blocking(move || #result).await);
     } else if stage.asyncness.is_some() && !shared.is_empty() {
         // The function's future borrows the shared state. When that state is not `Sync`

@@ -406,3 +406,54 @@ async fn a_state_factory_failing_on_restart_stops_the_pipeline_naming_the_stage(
     assert!(delivered.iter().all(|(id, _)| *id == 7), "{delivered:?}");
     assert!(delivered.iter().any(|(_, n)| *n == 4), "{delivered:?}");
 }
+
+/// CPU-bound work: a few hundred microseconds of hashing, and the thread it ran on.
+#[pipeline_core::stage(concurrency = 2)]
+fn crunch(n: u64) -> Result<(u64, std::thread::ThreadId), std::io::Error> {
+    if n == 77 {
+        panic!("injected: crunch {n}");
+    }
+    let mut h = n;
+    for _ in 0..200_000 {
+        h = h.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    }
+    std::hint::black_box(h);
+    Ok((n, std::thread::current().id()))
+}
+
+#[test]
+fn a_sync_stage_with_concurrency_runs_its_calls_on_several_workers() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.to_string().contains("injected") {
+            default_hook(info);
+        }
+    }));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (out, threads, dead) = runtime.block_on(async {
+        let (sink, out) = pipeline_core::sink::collect();
+        let (dead, letters) = pipeline_core::sink::collect();
+        let report = pipeline_core::Pipeline::builder("cpu")
+            .source(pipeline_core::source::iter(0..200u64))
+            .stage(Crunch)
+            .sink(sink)
+            .dead_letter(dead)
+            .run()
+            .await
+            .unwrap();
+        assert!(report.is_balanced());
+        let out: Vec<(u64, std::thread::ThreadId)> = out.take();
+        let threads: std::collections::HashSet<_> = out.iter().map(|(_, t)| *t).collect();
+        (out.len(), threads.len(), letters.len())
+    });
+    assert_eq!(
+        (out, dead),
+        (199, 1),
+        "a panic on a worker costs its item only"
+    );
+    assert!(threads >= 2, "calls ran on {threads} thread(s)");
+}
