@@ -71,7 +71,6 @@
 //! `HashMap<String, String>` (by header). Missing values spelled `NA` (as in R's exports,
 //! the nycflights13 data among them): see [`na`].
 
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
@@ -193,13 +192,7 @@ impl CsvOptions {
         self,
         path: impl AsRef<Path>,
     ) -> Result<CsvSource<T>, OpenError> {
-        let path = path.as_ref();
-        let name = path.display().to_string();
-        let file = File::open(path).map_err(|source| OpenError {
-            connector: "csv",
-            path: name.clone(),
-            source,
-        })?;
+        let (name, file) = OpenError::open("csv", path.as_ref())?;
         Ok(self.open_reader(name, file))
     }
 

@@ -44,7 +44,6 @@
 //! # }
 //! ```
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::marker::PhantomData;
 use std::path::Path;
@@ -117,13 +116,7 @@ impl JsonlOptions {
         self,
         path: impl AsRef<Path>,
     ) -> Result<JsonlSource<T>, OpenError> {
-        let path = path.as_ref();
-        let name = path.display().to_string();
-        let file = File::open(path).map_err(|source| OpenError {
-            connector: "jsonl",
-            path: name.clone(),
-            source,
-        })?;
+        let (name, file) = OpenError::open("jsonl", path.as_ref())?;
         Ok(self.open_reader(name, file))
     }
 

@@ -283,3 +283,21 @@ pub struct OpenError {
     #[source]
     pub source: std::io::Error,
 }
+
+impl OpenError {
+    /// Opens `path` for `connector`: the file and the name its errors quote.
+    pub(crate) fn open(
+        connector: &'static str,
+        path: &std::path::Path,
+    ) -> Result<(String, std::fs::File), OpenError> {
+        let name = path.display().to_string();
+        match std::fs::File::open(path) {
+            Ok(file) => Ok((name, file)),
+            Err(source) => Err(OpenError {
+                connector,
+                path: name,
+                source,
+            }),
+        }
+    }
+}
