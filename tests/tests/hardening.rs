@@ -871,3 +871,32 @@ async fn waiting_senders_are_served_under_try_send_load() {
     let report = handle.join().await.unwrap();
     assert_eq!(report.delivered, accepted + 10);
 }
+
+/// An endless source whose `close` panics.
+struct BadClose(u64);
+
+impl Source for BadClose {
+    type Item = u64;
+    async fn pull(&mut self, _max: usize) -> Result<Option<Pulled<u64>>, BoxError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0 += 1;
+        Ok(Some(Pulled::new(vec![self.0])))
+    }
+    fn close(&mut self) -> bool {
+        panic!("always: close");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_close_stops_its_source_and_the_rest_drains() {
+    quiet_panics();
+    let handle = Pipeline::builder("close")
+        .source(BadClose(0))
+        .sink(sink::collect().0)
+        .spawn();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = handle.shutdown().await.unwrap();
+    assert!(report.delivered > 0);
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(report.stage("source").unwrap().panics, 1);
+}

@@ -84,7 +84,13 @@ async fn pull_loop<S: Source>(
             tokio::select! {
                 biased;
                 () = control.stop.cancelled() => {
-                    if !source.close() {
+                    // User code: a panicking `close` stops the source at once.
+                    let keeps_going = std::panic::catch_unwind(AssertUnwindSafe(|| source.close()))
+                        .unwrap_or_else(|payload| {
+                            counters.panicked("close", &crate::error::panic_message(&*payload));
+                            false
+                        });
+                    if !keeps_going {
                         break;
                     }
                     stopping = true;
